@@ -1,4 +1,4 @@
-"""probes: what a language model silently infers about its user, where it lives, and what it changes."""
+"""probes: what a language model silently infers about its user, where, and what it changes."""
 
 from __future__ import annotations
 

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import torch
+
+from probes.batching import collate, length_sorted_batches
+from probes.behavior import continuation_logprobs
+
+
+def test_collate_left_and_right_padding_positions_count_real_tokens():
+    seqs = [[5, 6, 7], [8]]
+    right = collate(seqs, pad_id=0, padding_side="right")
+    left = collate(seqs, pad_id=0, padding_side="left")
+    assert right.input_ids.tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert left.input_ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert left.position_ids[1, -1].item() == 0 and right.position_ids[1, 0].item() == 0
+    assert left.lengths.tolist() == [3, 1]
+
+
+def test_length_sorted_batches_cover_every_index_once():
+    lengths = [3, 9, 1, 7, 7, 2]
+    batches = list(length_sorted_batches(lengths, batch_size=4))
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    assert [lengths[i] for i in batches[0]] == [9, 7, 7, 3]
+
+
+def test_continuation_logprobs_match_unpadded_full_forward(tiny_model):
+    prompts = ["Hello there", "Hi", "A much longer prompt than the others"]
+    conts = [" friend", " you all", "!"]
+    got = continuation_logprobs(tiny_model, prompts, conts, batch_size=3)
+    tok = tiny_model.tokenizer
+    for i, (p, c) in enumerate(zip(prompts, conts, strict=True)):
+        ids = tok(p).input_ids
+        cont = tok(c, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logits = tiny_model.hf_model(torch.tensor([ids + cont])).logits
+        lp = torch.log_softmax(logits.double(), -1)[0]
+        ref = sum(lp[len(ids) - 1 + k, t].item() for k, t in enumerate(cont))
+        assert abs(got[i].item() - ref) < 1e-4
