@@ -1,0 +1,270 @@
+"""The on-disk ActivationStore: safetensors shards plus manifest.json, content-addressed.
+
+A store's folder name is a hash of the request that made it (model fingerprint, dataset hash,
+rendering, sites, layers, position, dtype), so the same request finds the same store. Shards are
+written under a temporary name and renamed; ``manifest.partial.json`` lists the shards finished so
+far, so a killed extraction resumes from the last whole shard. ``manifest.json`` appears only when
+every shard is written. Every shard read is checked against its sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from probes import __version__
+from probes.atomic import atomic_write_json, atomic_write_text
+from probes.errors import CacheError
+
+STORE_FORMAT = 1
+MANIFEST = "manifest.json"
+PARTIAL = "manifest.partial.json"
+TABLE = "table.jsonl"
+
+SITE_HOOKS: dict[str, str] = {
+    "resid_pre": "blocks.{layer}.hook_in",
+    "resid_post": "blocks.{layer}.hook_out",
+    "attn_out": "blocks.{layer}.attn.hook_out",
+    "mlp_out": "blocks.{layer}.mlp.hook_out",
+}
+# Order in which the sites of one block fire during a forward pass.
+SITE_ORDER: dict[str, int] = {"resid_pre": 0, "attn_out": 1, "mlp_out": 2, "resid_post": 3}
+
+
+def tensor_name(site: str, layer: int) -> str:
+    return f"{site}.{layer}"
+
+
+def request_key(request: dict[str, Any]) -> str:
+    """Short stable hash of a request: the store's folder name."""
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_difference(stored: dict[str, Any], requested: dict[str, Any]) -> str:
+    """One phrase naming what differs between two requests, e.g. 'model fingerprint a vs b'."""
+    parts = []
+    for key in sorted(set(stored) | set(requested)):
+        a, b = stored.get(key), requested.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            for sub in sorted(set(a) | set(b)):
+                if a.get(sub) != b.get(sub):
+                    parts.append(f"{key} {sub} {a.get(sub)!r} vs {b.get(sub)!r}")
+        else:
+            shown_a, shown_b = (repr(v)[:60] for v in (a, b))
+            parts.append(f"{key} {shown_a} vs {shown_b}")
+    return "; ".join(parts) or "nothing"
+
+
+@dataclass
+class ActivationStore:
+    """A finished store: per (site, layer) a [rows, d_model] tensor, and a table of metadata."""
+
+    path: Path
+    manifest: dict[str, Any]
+    table: list[dict[str, Any]]
+    _tensors: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        model_fingerprint: str | None = None,
+        dataset_hash: str | None = None,
+    ) -> ActivationStore:
+        """Open a finished store; refuse it if it was built for another model or dataset."""
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            if (path / PARTIAL).is_file():
+                raise CacheError(f"store {path} is incomplete: re-run the extraction to resume it")
+            raise CacheError(f"no activation store at {path} (no {MANIFEST})")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CacheError(f"{manifest_path} is not valid JSON: {exc.msg}") from exc
+        if manifest.get("format") != STORE_FORMAT:
+            raise CacheError(
+                f"store {path} has format {manifest.get('format')}, not {STORE_FORMAT}"
+            )
+        request = manifest["request"]
+        if model_fingerprint is not None and request["model"]["fingerprint"] != model_fingerprint:
+            raise CacheError(
+                f"store {path} was built for model {request['model']['name']} "
+                f"(fingerprint {request['model']['fingerprint']}), not fingerprint "
+                f"{model_fingerprint}"
+            )
+        if dataset_hash is not None and request["dataset_hash"] != dataset_hash:
+            raise CacheError(
+                f"store {path} was built for dataset {request['dataset_hash'][:12]}, "
+                f"not {dataset_hash[:12]}"
+            )
+        return cls(path=path, manifest=manifest, table=read_table(path / TABLE))
+
+    # -- what it holds ----------------------------------------------------------------------
+    @property
+    def request(self) -> dict[str, Any]:
+        return self.manifest["request"]
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.request["layers"])
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.request["sites"])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.request["d_model"])
+
+    def __len__(self) -> int:
+        return int(self.request["n_rows"])
+
+    def column(self, name: str) -> list[Any]:
+        """One metadata column (e.g. 'label', 'group', 'text'); missing values are None."""
+        return [row.get(name) for row in self.table]
+
+    @property
+    def labels(self) -> list[Any]:
+        return self.column("label")
+
+    @property
+    def texts(self) -> list[str]:
+        return self.column("text")
+
+    # -- tensors ----------------------------------------------------------------------------
+    def get(self, layer: int, site: str = "resid_post") -> Float[Tensor, "n d_model"]:
+        """Activations of every row at one layer and site."""
+        if site not in self.sites:
+            raise CacheError(f"site {site!r} is not in store {self.path} (has {self.sites})")
+        if layer not in self.layers:
+            raise CacheError(f"layer {layer} is not in store {self.path} (has {self.layers})")
+        self._load_all()
+        return self._tensors[tensor_name(site, layer)]
+
+    def stack(self, site: str = "resid_post") -> Float[Tensor, "n layer d_model"]:
+        """Activations of every row at every stored layer, stacked on dimension 1."""
+        return torch.stack([self.get(layer, site) for layer in self.layers], dim=1)
+
+    def verify(self) -> None:
+        """Check every shard against its checksum; raise CacheError naming a bad shard."""
+        for shard in self.manifest["shards"]:
+            _check_shard(self.path, shard)
+
+    def _load_all(self) -> None:
+        if self._tensors:
+            return
+        parts: dict[str, list[Tensor]] = {}
+        for shard in self.manifest["shards"]:
+            _check_shard(self.path, shard)
+            for name, tensor in load_file(self.path / shard["file"]).items():
+                parts.setdefault(name, []).append(tensor)
+        self._tensors = {name: torch.cat(chunks) for name, chunks in parts.items()}
+
+    def nbytes_on_disk(self) -> int:
+        return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+
+def _check_shard(folder: Path, shard: dict[str, Any]) -> None:
+    path = folder / shard["file"]
+    if not path.is_file():
+        raise CacheError(f"shard {shard['file']} of store {folder} is missing")
+    if file_sha256(path) != shard["sha256"]:
+        raise CacheError(f"shard {shard['file']} of store {folder} is corrupt (checksum mismatch)")
+
+
+def read_table(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class StoreWriter:
+    """Writes one store shard by shard; resumes a partial store left by a killed run."""
+
+    def __init__(self, folder: Path, request: dict[str, Any], table: Sequence[dict[str, Any]]):
+        self.folder = folder
+        self.request = request
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.shards: dict[int, dict[str, Any]] = {}
+        partial = folder / PARTIAL
+        if partial.is_file():
+            previous = json.loads(partial.read_text())
+            if previous.get("request") != request:
+                difference = describe_difference(previous.get("request", {}), request)
+                raise CacheError(
+                    f"partial store {folder} was started for another request ({difference}); "
+                    "delete it or choose another folder"
+                )
+            for shard in previous.get("shards", []):
+                path = folder / shard["file"]
+                if path.is_file() and file_sha256(path) == shard["sha256"]:
+                    self.shards[int(shard["index"])] = shard
+        else:
+            atomic_write_text(
+                folder / TABLE, "".join(json.dumps(row, sort_keys=True) + "\n" for row in table)
+            )
+            self._write_partial()
+
+    def done(self, index: int) -> bool:
+        return index in self.shards
+
+    def write_shard(self, index: int, rows: tuple[int, int], tensors: dict[str, Tensor]) -> None:
+        name = f"shard-{index:05d}.safetensors"
+        tmp = self.folder / f".{name}.tmp-{os.getpid()}"
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.folder / name)
+        self.shards[index] = {
+            "index": index,
+            "file": name,
+            "rows": list(rows),
+            "sha256": file_sha256(self.folder / name),
+        }
+        self._write_partial()
+
+    def _manifest(self, complete: bool) -> dict[str, Any]:
+        return {
+            "format": STORE_FORMAT,
+            "library_version": __version__,
+            "complete": complete,
+            "request": self.request,
+            "shards": [self.shards[i] for i in sorted(self.shards)],
+        }
+
+    def _write_partial(self) -> None:
+        atomic_write_json(self.folder / PARTIAL, self._manifest(complete=False))
+
+    def finish(self) -> ActivationStore:
+        atomic_write_json(self.folder / MANIFEST, self._manifest(complete=True))
+        (self.folder / PARTIAL).unlink(missing_ok=True)
+        return ActivationStore.open(self.folder)
+
+
+def iter_shards(n_rows: int, shard_size: int) -> Iterator[tuple[int, int, int]]:
+    """(shard index, first row, end row) covering ``n_rows`` rows."""
+    for index, start in enumerate(range(0, n_rows, shard_size)):
+        yield index, start, min(start + shard_size, n_rows)
