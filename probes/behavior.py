@@ -4,6 +4,7 @@ for every position (with a 262k vocabulary the head costs more than the body).""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -66,3 +67,81 @@ def greedy_continuations(
         )
         outputs.append(model.tokenizer.decode(generated[0, ids.shape[1] :]))
     return outputs
+
+
+@torch.inference_mode()
+def next_token_logprobs_at(
+    model: LoadedModel,
+    prompts: Sequence[str],
+    token_ids: Sequence[Sequence[int]],
+    batch_size: int = 16,
+) -> list[Float[Tensor, " k"]]:
+    """Log-probabilities of chosen next tokens after each prompt (last-position logits only)."""
+    tok = model.tokenizer
+    prompt_ids = encode(tok, prompts)
+    out: list[Tensor] = [torch.empty(0)] * len(prompts)
+    for idx in length_sorted_batches([len(s) for s in prompt_ids], batch_size):
+        batch = collate([prompt_ids[i] for i in idx], pad_token_id(tok), "left", model.device)
+        logits = model.hf_model(**batch.model_kwargs(), logits_to_keep=1).logits[:, -1]
+        logprobs = torch.log_softmax(logits.double(), dim=-1).cpu()
+        for row, i in enumerate(idx):
+            out[i] = logprobs[row, torch.as_tensor(list(token_ids[i]), dtype=torch.long)]
+    return out
+
+
+def answer_set_logprobs(
+    model: LoadedModel,
+    prompts: Sequence[str],
+    answer_sets: Sequence[Sequence[Sequence[str]]],
+    batch_size: int = 16,
+) -> Float[Tensor, "n sets"]:
+    """log sum_{a in set} p(a | prompt) for each prompt and each of its answer sets.
+
+    Single-token answers share one last-position forward pass per prompt; multi-token answers
+    are scored whole with ``continuation_logprobs``.
+    """
+    tok = model.tokenizer
+    widths = {len(sets) for sets in answer_sets}
+    if len(widths) != 1:
+        raise ValueError("every prompt needs the same number of answer sets")
+    n_sets = widths.pop()
+    single: list[list[int]] = []
+    owner: list[list[int]] = []  # which set each single-token id belongs to
+    multi: list[tuple[int, int, str]] = []
+    for i, sets in enumerate(answer_sets):
+        ids, owners = [], []
+        for s, answers in enumerate(sets):
+            for answer in answers:
+                pieces = tok(answer, add_special_tokens=False)["input_ids"]
+                if len(pieces) == 1:
+                    ids.append(pieces[0])
+                    owners.append(s)
+                else:
+                    multi.append((i, s, answer))
+        single.append(ids)
+        owner.append(owners)
+    parts: list[list[list[Tensor]]] = [[[] for _ in range(n_sets)] for _ in prompts]
+    for i, lp in enumerate(next_token_logprobs_at(model, prompts, single, batch_size)):
+        for value, s in zip(lp, owner[i], strict=True):
+            parts[i][s].append(value.reshape(1))
+    if multi:
+        scores = continuation_logprobs(
+            model, [prompts[i] for i, _, _ in multi], [a for _, _, a in multi], batch_size
+        )
+        for (i, s, _), score in zip(multi, scores, strict=True):
+            parts[i][s].append(score.reshape(1))
+    return torch.stack(
+        [torch.stack([torch.logsumexp(torch.cat(p), dim=0) for p in row]) for row in parts]
+    )
+
+
+def behavior_log_odds(
+    model: LoadedModel, items: Sequence[Any], spec: Any = None, batch_size: int = 16
+) -> Float[Tensor, " n"]:
+    """Answer-set log-odds of each behaviour item: log p(positive set) - log p(negative set)."""
+    from probes.datasets import RenderSpec, render_behavior
+
+    prompts = render_behavior(items, spec or RenderSpec(), tokenizer=model.tokenizer)
+    sets = [(it.answers[it.positive], it.answers[it.negative]) for it in items]
+    scores = answer_set_logprobs(model, prompts, sets, batch_size)
+    return scores[:, 0] - scores[:, 1]

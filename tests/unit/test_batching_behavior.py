@@ -36,3 +36,23 @@ def test_continuation_logprobs_match_unpadded_full_forward(tiny_model):
         lp = torch.log_softmax(logits.double(), -1)[0]
         ref = sum(lp[len(ids) - 1 + k, t].item() for k, t in enumerate(cont))
         assert abs(got[i].item() - ref) < 1e-4
+
+
+def test_answer_set_logprobs_mix_single_and_multi_token_answers(tiny_gemma):
+    from probes.behavior import answer_set_logprobs, behavior_log_odds
+    from probes.datasets import BehaviorItem
+
+    prompts = ["The capital is", "My team is"]
+    sets = [((" P", " Paris"), (" L",)), ((" A",), (" B", " Bears"))]
+    got = answer_set_logprobs(tiny_gemma, prompts, sets)
+    assert got.shape == (2, 2)
+    for i, prompt_sets in enumerate(sets):
+        for s, answers in enumerate(prompt_sets):
+            each = continuation_logprobs(tiny_gemma, [prompts[i]] * len(answers), list(answers))
+            assert abs(got[i, s].item() - torch.logsumexp(each, 0).item()) < 1e-4
+    item = BehaviorItem(
+        "x", "a", "The capital", "c", "is", {"yes": (" P",), "no": (" L",)}, "yes", "no"
+    )
+    odds = behavior_log_odds(tiny_gemma, [item])
+    ref = continuation_logprobs(tiny_gemma, ["The capital is"] * 2, [" P", " L"])
+    assert abs(odds.item() - (ref[0] - ref[1]).item()) < 1e-4
