@@ -96,12 +96,10 @@ def _plugin_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
         registrars.append(register_datasets)
     except ImportError:
         pass
-    try:
-        from probes.cache_cli import register as register_cache
+    from probes.cache_cli import register as register_cache
+    from probes.probing_cli import register as register_probing
 
-        registrars.append(register_cache)
-    except ImportError:
-        pass
+    registrars += [register_cache, register_probing]
     return registrars
 
 

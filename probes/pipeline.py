@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import torch
 
 from probes import __version__
 from probes.atomic import atomic_write_json
+from probes.config import ProbeStageConfig
 
 # A first look at implicit personalization: the same request with UK vs US cues, and whether the
 # model's favourite-team continuation follows the cue (the IP paper's case 1, Jin et al. 2024).
@@ -61,34 +63,137 @@ def dialect_first_look(model: Any) -> dict[str, Any]:
     return {"pairs": rows, "pairs_where_answer_follows_cue": follows, "n_pairs": len(rows)}
 
 
+def _say(message: str) -> None:
+    print(f"[probes run] {message}", file=sys.stderr, flush=True)
+
+
+def stage_probes(model: Any, cfg: ProbeStageConfig, out: Path) -> dict[str, Any]:
+    """Layer-wise probes with controls for every configured attribute, and their figures."""
+    from probes.cache import extract_dataset
+    from probes.datasets import RenderSpec, load_dataset
+    from probes.plots import plot_layerwise, plot_overview, plot_reading_vs_control, save_figure
+    from probes.probing import fit_layerwise
+
+    figures = out / "figures"
+    results: dict[str, Any] = {}
+    fitted = []
+    reading_store_args: dict[str, Any] = {}
+    for name in cfg.attributes:
+        dataset = load_dataset(name, size=cfg.size, seed=cfg.seed)
+        _say(f"probes: {name} ({len(dataset)} examples)")
+        store_args = {
+            "render_spec": RenderSpec(frame=cfg.frame),
+            "layers": cfg.layers,
+            "batch_size": cfg.batch_size,
+        }
+        store = extract_dataset(model, dataset, position=cfg.position, **store_args)
+        result = fit_layerwise(
+            store,
+            n_folds=cfg.folds,
+            C=cfg.C,
+            n_boot=cfg.n_boot,
+            seed=cfg.seed,
+            attribute=dataset.attribute,
+        )
+        save_figure(plot_layerwise(result), figures / f"probe_{dataset.attribute}")
+        results[dataset.attribute] = result.to_dict()
+        fitted.append(result)
+        if name == cfg.reading_attribute:
+            reading_store_args = {"dataset": dataset, "control": result, **store_args}
+    if fitted:
+        save_figure(plot_overview(fitted), figures / "probe_overview")
+    reading: dict[str, Any] | None = None
+    if reading_store_args:
+        dataset = reading_store_args.pop("dataset")
+        control = reading_store_args.pop("control")
+        suffix = f" I think the {dataset.attribute.replace('_', ' ')} of this user is"
+        _say(f"probes: reading probe for {dataset.name} at the suffix {suffix!r}")
+        store = extract_dataset(
+            model, dataset, position="suffix", suffix=suffix, **reading_store_args
+        )
+        result = fit_layerwise(
+            store,
+            n_folds=cfg.folds,
+            C=cfg.C,
+            n_boot=cfg.n_boot,
+            seed=cfg.seed,
+            attribute=dataset.attribute,
+        )
+        save_figure(
+            plot_reading_vs_control(result, control),
+            figures / f"reading_vs_control_{dataset.attribute}",
+        )
+        reading = {"suffix": suffix, "result": result.to_dict()}
+    return {
+        "results": results,
+        "summary": [r.summary_row() for r in fitted],
+        "reading_probe": reading,
+    }
+
+
+def print_probe_summary(summary: list[dict[str, Any]]) -> None:
+    print(
+        "\nattribute       classes     n  best layer  accuracy [95% CI]       selectivity  "
+        "majority  bag of words"
+    )
+    for row in summary:
+        bow = f"{row['bow_accuracy']:.3f}" if row["bow_accuracy"] is not None else "  n/a"
+        print(
+            f"{row['attribute']:<15} {row['classes']:>7} {row['n']:>5} {row['best_layer']:>11}  "
+            f"{row['accuracy']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]  "
+            f"{row['selectivity']:>+11.3f}  {row['majority']:>8.3f}  {bow:>12}"
+        )
+
+
 def run_main_job(args: argparse.Namespace) -> int:
+    from probes.config import load_config
     from probes.models import load_model
 
+    config = load_config(
+        args.config, quick=args.quick, model=args.model, device=args.device, dtype=args.dtype
+    )
     start = time.perf_counter()
     out = Path(args.out) if args.out else default_run_dir()
     out.mkdir(parents=True, exist_ok=True)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
-    loaded = time.perf_counter()
-    look = dialect_first_look(model)
+    model = load_model(config.model, device=config.device, dtype=config.dtype)
+    seconds: dict[str, float] = {"load_model": round(time.perf_counter() - start, 1)}
+    stages: dict[str, Any] = {}
+    if "first_look" in config.stages:
+        t = time.perf_counter()
+        stages["dialect_first_look"] = dialect_first_look(model)
+        seconds["first_look"] = round(time.perf_counter() - t, 1)
+    if "probes" in config.stages:
+        t = time.perf_counter()
+        stages["probes"] = stage_probes(model, config.probes, out)
+        seconds["probes"] = round(time.perf_counter() - t, 1)
+    seconds["total"] = round(time.perf_counter() - start, 1)
     results = {
         "probes_version": __version__,
         "python": platform.python_version(),
+        "torch": torch.__version__,
         "model": model.describe(),
-        "config": {"quick": bool(args.quick), "config_file": args.config},
-        "stages": {"dialect_first_look": look},
-        "seconds": {
-            "load_model": round(loaded - start, 1),
-            "total": round(time.perf_counter() - start, 1),
-        },
+        "config": config.to_dict(),
+        "quick": bool(args.quick),
+        "stages": stages,
+        "seconds": seconds,
     }
     atomic_write_json(out / "results.json", results)
+
     print(f"\nmodel {model.name}: {model.n_layers} layers, d_model {model.d_model}")
-    print("UK-cue vs US-cue twins: log-odds of a UK club vs a US team next, and the greedy answer")
-    for row in look["pairs"]:
-        for cue in ("uk", "us"):
-            r = row[cue]
-            print(f"  [{cue}] {r['uk_vs_us_log_odds']:+6.2f}  {r['prompt']}{r['greedy']!r}")
-    follows, n_pairs = look["pairs_where_answer_follows_cue"], look["n_pairs"]
-    print(f"the answer follows the cue (UK positive, US negative) in {follows}/{n_pairs} pairs")
-    print(f"results in {out / 'results.json'} ({results['seconds']['total']} s)")
+    if "dialect_first_look" in stages:
+        look = stages["dialect_first_look"]
+        print(
+            "UK-cue vs US-cue twins: log-odds of a UK club vs a US team next, and the greedy answer"
+        )
+        for row in look["pairs"]:
+            for cue in ("uk", "us"):
+                r = row[cue]
+                print(f"  [{cue}] {r['uk_vs_us_log_odds']:+6.2f}  {r['prompt']}{r['greedy']!r}")
+        follows, n_pairs = look["pairs_where_answer_follows_cue"], look["n_pairs"]
+        print(f"the answer follows the cue (UK positive, US negative) in {follows}/{n_pairs} pairs")
+    if "probes" in stages:
+        print_probe_summary(stages["probes"]["summary"])
+    print(
+        f"\nresults in {out / 'results.json'}, figures in {out / 'figures'} ({seconds['total']} s)"
+    )
     return 0

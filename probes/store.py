@@ -268,3 +268,48 @@ def iter_shards(n_rows: int, shard_size: int) -> Iterator[tuple[int, int, int]]:
     """(shard index, first row, end row) covering ``n_rows`` rows."""
     for index, start in enumerate(range(0, n_rows, shard_size)):
         yield index, start, min(start + shard_size, n_rows)
+
+
+def write_store(
+    folder: str | os.PathLike[str],
+    activations: dict[str, Tensor],
+    table: Sequence[dict[str, Any]],
+    *,
+    layers: Sequence[int] | None = None,
+    model: dict[str, str] | None = None,
+    position: dict[str, Any] | None = None,
+    shard_size: int = 1024,
+) -> ActivationStore:
+    """Write activations made elsewhere ({site: [n, layer, d_model]}) as a finished store.
+
+    Useful for importing another tool's activations or building synthetic stores in tests.
+    """
+    first = next(iter(activations.values()))
+    n_rows, n_layers, d_model = first.shape
+    if len(table) != n_rows:
+        raise CacheError(f"{len(table)} table rows for {n_rows} activation rows")
+    layer_ids = list(layers) if layers is not None else list(range(n_layers))
+    dtype = str(first.dtype).removeprefix("torch.")
+    request = {
+        "model": model or {"name": "external", "fingerprint": "external"},
+        "dataset_hash": hashlib.sha256(
+            json.dumps(list(table), sort_keys=True, default=str).encode()
+        ).hexdigest(),
+        "rendering": "external",
+        "sites": sorted(activations, key=lambda s: SITE_ORDER.get(s, 99)),
+        "layers": layer_ids,
+        "position": position or {"kind": "external"},
+        "dtype": dtype,
+        "n_rows": n_rows,
+        "d_model": d_model,
+        "shard_size": shard_size,
+    }
+    writer = StoreWriter(Path(folder), request, table)
+    for index, start, end in iter_shards(n_rows, shard_size):
+        tensors = {
+            tensor_name(site, layer): acts[start:end, i].contiguous()
+            for site, acts in activations.items()
+            for i, layer in enumerate(layer_ids)
+        }
+        writer.write_shard(index, (start, end), tensors)
+    return writer.finish()

@@ -44,8 +44,19 @@ def test_info_and_models_on_tiny(capsys):
     assert "gemma-3-270m" in capsys.readouterr().out
 
 
-def test_run_on_tiny_model_writes_results(tmp_path, capsys):
-    assert main(["run", "--model", "tiny-gemma3", "--out", str(tmp_path)]) == 0
-    results = json.loads((tmp_path / "results.json").read_text())
+def test_run_on_tiny_model_writes_results_and_figures(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PROBES_HOME", str(tmp_path / "home"))
+    config = tmp_path / "run.toml"
+    config.write_text('[probes]\nattributes = ["dialect_us_uk", "age"]\nsize = 48\nn_boot = 50\n')
+    out = tmp_path / "run"
+    args = ["run", "--model", "tiny-gemma3", "--config", str(config), "--out", str(out)]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
     assert results["model"]["name"] == "tiny-gemma3"
     assert results["stages"]["dialect_first_look"]["n_pairs"] >= 3
+    summary = results["stages"]["probes"]["summary"]
+    assert [row["attribute"] for row in summary] == ["dialect", "age"]
+    assert results["stages"]["probes"]["reading_probe"]["suffix"].startswith(" I think")
+    for name in ["probe_dialect", "probe_age", "probe_overview", "reading_vs_control_dialect"]:
+        assert (out / "figures" / f"{name}.html").is_file()
+    assert "best layer" in capsys.readouterr().out

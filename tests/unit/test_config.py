@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import pytest
+
+from probes.cli import main
+from probes.config import QUICK_OVERRIDES, load_config
+from probes.errors import ConfigError
+
+
+def test_defaults_and_quick():
+    config = load_config()
+    assert config.model == "gemma-3-270m" and "probes" in config.stages
+    quick = load_config(quick=True)
+    assert quick.probes.size == QUICK_OVERRIDES["size"]
+
+
+def test_toml_values_and_overrides(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text(
+        'stages = ["probes"]\n[probes]\nattributes = ["age", "gender"]\nsize = 80\nC = 0.5\n'
+    )
+    config = load_config(path, model="tiny-gpt2")
+    assert config.stages == ("probes",) and config.model == "tiny-gpt2"
+    assert config.probes.attributes == ("age", "gender") and config.probes.C == 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[probes]\nsizes = 3\n", "unknown key probes.sizes"),
+        ("[probes]\nsize = -3\n", "probes.size must be"),
+        ('stages = ["everything"]\n', "unknown stage"),
+        ('[probes]\nattributes = ["astrology"]\n', "unknown dataset"),
+        ("[probes]\nfolds = 1\n", "at least 2"),
+        ("this is = = not toml", "not valid TOML"),
+        ('[probes]\nattributes = ["age"]\nreading_attribute = "gender"\n', "reading_attribute"),
+    ],
+)
+def test_bad_configs_are_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_config_via_cli_exits_2(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text("[probes]\nsizes = 3\n")
+    assert main(["run", "--config", str(path), "--model", "tiny-gpt2", "--out", str(tmp_path)]) == 2
+    assert not (tmp_path / "results.json").exists()
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main(["run", "--config", str(tmp_path / "missing.toml")]) == 2
