@@ -103,6 +103,11 @@ def make_splits(
     masks = np.zeros((len(folds), n), dtype=bool)
     for f, (train, _test) in enumerate(folds):
         masks[f, train] = True
+        if len(np.unique(y[train])) < len(np.unique(y)):
+            raise ProbesError(
+                f"fold {f + 1} of {len(folds)} trains on fewer classes than the data has: "
+                "balance the classes within template families (group) or use fewer folds"
+            )
     return Splits(masks, kind, len(distinct))
 
 

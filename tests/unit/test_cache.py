@@ -212,3 +212,19 @@ def test_killed_run_resumes_to_identical_bytes(tiny_gemma, tmp_path):
     for layer in fresh.layers:
         assert torch.equal(resumed.get(layer), fresh.get(layer))
     resumed.verify()
+
+
+def test_cache_cli_extracts_a_builtin_dataset(tmp_path, capsys):
+    from probes.cli import main
+
+    args = ["cache", "--model", "tiny-gemma3", "--dataset", "age", "--size", "16"]
+    assert main([*args, "--out", str(tmp_path), "--layers", "0,2", "--position", "suffix"]) == 0
+    out = capsys.readouterr().out
+    assert "store:" in out and "rows 16" in out
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    store = ActivationStore.open(folder)
+    assert store.request["position"]["suffix"] == " I think the age of this user is"
+    assert set(store.labels) == {"child", "adolescent", "adult", "older_adult"}
+    assert store.column("group")[0] is not None
+    assert main(["cache", "--model", "tiny-gemma3", "--dataset", "no_such_set"]) == 2
+    assert main([*args, "--out", str(tmp_path), "--layers", "7"]) == 2

@@ -124,3 +124,10 @@ def test_probe_cli_writes_results(tmp_path, capsys):
     assert results["best_layer"] == SIGNAL_LAYER
     assert "<- best" in capsys.readouterr().out
     assert main(["probe", "--store", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
+
+
+def test_a_fold_missing_a_class_is_a_user_error():
+    labels = [0] * 10 + [1] * 10
+    groups = ["a"] * 10 + ["b"] * 10  # each family holds one class only
+    with pytest.raises(ProbesError, match="fewer classes"):
+        make_splits(labels, groups, n_folds=2)
