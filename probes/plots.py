@@ -29,6 +29,8 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 460) -> go
         margin={"l": 70, "r": 30, "t": 70, "b": 60},
         legend={"orientation": "h", "yanchor": "bottom", "y": -0.32, "x": 0.0},
     )
+    if x == "layer":
+        fig.update_xaxes(dtick=2, range=[-0.5, None], rangemode="tozero")
     return fig
 
 
@@ -121,9 +123,10 @@ def plot_overview(results: Sequence[LayerwiseResult]) -> go.Figure:
     fig.update_yaxes(range=[-0.1, 1.02])
     return _layout(
         fig,
-        "<b>Where each user attribute becomes linearly readable</b>",
+        "<b>Where each user attribute becomes linearly readable</b> "
+        "<span style='font-size:12px'>(0 = majority class, 1 = perfect)</span>",
         "layer",
-        "accuracy above majority, normalised (0 = chance, 1 = perfect)",
+        "normalised probe accuracy",
     )
 
 
@@ -211,3 +214,48 @@ def save_figure(fig: go.Figure, stem: str | Path, png: bool = True) -> list[Path
             return written
         written.append(atomic_write_bytes(stem.with_suffix(".png"), data))
     return written
+
+
+def plot_transfer_bars(rows: Sequence[dict[str, Any]]) -> go.Figure:
+    """Per attribute: probe vs bag-of-words accuracy when trained on one set, tested on another."""
+    names = [r["attribute"] for r in rows]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Bar(
+            x=names,
+            y=[r["probe_accuracy"] for r in rows],
+            name="probe (layer chosen on the training set)",
+            marker_color=PALETTE[0],
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": [r["ci_high"] - r["probe_accuracy"] for r in rows],
+                "arrayminus": [r["probe_accuracy"] - r["ci_low"] for r in rows],
+            },
+        )
+    )
+    fig.add_trace(
+        go.Bar(
+            x=names,
+            y=[r["bow_accuracy"] for r in rows],
+            name="bag of words",
+            marker_color=PALETTE[1],
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=names,
+            y=[r["chance"] for r in rows],
+            mode="markers",
+            name="chance",
+            marker={"symbol": "line-ew-open", "size": 34, "color": "#222", "line": {"width": 2}},
+        )
+    )
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(range=[0, 1.02])
+    return _layout(
+        fig,
+        "<b>Transfer</b>: trained on built-in templates, tested on hand-written chatty messages",
+        "",
+        "accuracy on the chatty corpus",
+    )

@@ -41,7 +41,18 @@ __all__ = [
     "multi_token_answers",
     "render",
     "render_behavior",
+    "transfer_corpus",
 ]
+
+
+def transfer_corpus(name: str) -> Dataset:
+    """The hand-written chatty corpus for a built-in set (a different style, for transfer tests)."""
+    from importlib.resources import files
+
+    path = files("probes.datasets").joinpath("data", "transfer", f"{name}.jsonl")
+    if not path.is_file():
+        raise DatasetError(f"no transfer corpus for {name!r}")
+    return load_dataset(str(path))
 
 
 def list_datasets() -> list[DatasetInfo]:

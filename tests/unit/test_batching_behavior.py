@@ -56,3 +56,17 @@ def test_answer_set_logprobs_mix_single_and_multi_token_answers(tiny_gemma):
     odds = behavior_log_odds(tiny_gemma, [item])
     ref = continuation_logprobs(tiny_gemma, ["The capital is"] * 2, [" P", " L"])
     assert abs(odds.item() - (ref[0] - ref[1]).item()) < 1e-4
+
+
+def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path):
+    import os
+
+    from probes.atomic import atomic_write_json, atomic_write_text
+
+    path = atomic_write_text(tmp_path / "a" / "f.txt", "one")
+    atomic_write_json(path, {"two": 2})
+    assert path.read_text().strip().startswith("{")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~mask)
+    assert [p.name for p in path.parent.iterdir()] == ["f.txt"]  # no temporary left behind
