@@ -139,14 +139,20 @@ class _Problems:
         w = torch.bmm(w, self.inverse).reshape(L, F, k, d1 - 1)  # the inverse is symmetric
         return torch.cat([w, g[..., -1:] / self.alpha], dim=-1)
 
-    def value_grad(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        """Objective ``mean loss + lam/2 ||w||^2`` and its gradient, per problem."""
+    def value_grad(self, theta: Tensor, layers: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Objective ``mean loss + lam/2 ||w||^2`` and its gradient, per problem.
+
+        ``layers`` restricts the work to those layers (``theta`` then holds only them).
+        """
+        X, mean, scale = self.X, self.mean, self.scale
+        if layers is not None:
+            X, mean, scale = X[layers], mean[layers], scale[layers]
         L, F, k, d1 = theta.shape
-        n = self.X.shape[1]
+        n = X.shape[1]
         w, b = theta[..., :-1], theta[..., -1]
-        v = w / self.scale[:, :, None, :]  # raw-space weights [L, F, k, d]
-        offset = b - (v * self.mean[:, :, None, :]).sum(-1)  # [L, F, k]
-        z = torch.bmm(self.X, v.reshape(L, F * k, d1 - 1).transpose(1, 2))  # [L, n, F*k]
+        v = w / scale[:, :, None, :]  # raw-space weights [L, F, k, d]
+        offset = b - (v * mean[:, :, None, :]).sum(-1)  # [L, F, k]
+        z = torch.bmm(X, v.reshape(L, F * k, d1 - 1).transpose(1, 2))  # [L, n, F*k]
         z = z.reshape(L, n, F, k).permute(0, 2, 1, 3) + offset[:, :, None, :]  # [L, F, n, k]
         if k == 1:
             z = z[..., 0]
@@ -160,9 +166,9 @@ class _Problems:
         resid = resid * self.weights[None, :, :, None]  # [L, F, n, k]
         value = (loss * self.weights).sum(-1) + 0.5 * self.lam * w.square().sum((-1, -2))
         r = resid.permute(0, 2, 1, 3).reshape(L, n, F * k)
-        graw = torch.bmm(r.transpose(1, 2), self.X).reshape(L, F, k, d1 - 1)
+        graw = torch.bmm(r.transpose(1, 2), X).reshape(L, F, k, d1 - 1)
         rsum = resid.sum(2)  # [L, F, k]
-        gw = (graw - rsum[..., None] * self.mean[:, :, None, :]) / self.scale[:, :, None, :]
+        gw = (graw - rsum[..., None] * mean[:, :, None, :]) / scale[:, :, None, :]
         gw = gw + self.lam[None, :, None, None] * w
         return value, torch.cat([gw, rsum[..., None]], dim=-1)
 
@@ -254,8 +260,19 @@ def _lbfgs(problems: _Problems, max_iter: int, tol: float) -> tuple[Tensor, Tens
     shape = problems.shape
     P, D = shape[0] * shape[1], math.prod(shape[2:])
 
+    # Problems that have stopped take zero steps, so their value and gradient never change:
+    # only layers with a problem still running are evaluated; the others reuse the cache.
+    cache: dict[str, Tensor] = {}
+
     def value_grad(theta: Tensor) -> tuple[Tensor, Tensor]:
-        f, g = problems.value_grad(theta.reshape(shape))
+        layers = cache.get("layers")
+        if layers is None:
+            f, g = problems.value_grad(theta.reshape(shape))
+            return f.reshape(P), g.reshape(P, D)
+        f_part, g_part = problems.value_grad(theta.reshape(shape)[layers], layers)
+        f = cache["f"].reshape(shape[:2]).clone()
+        g = cache["g"].reshape(shape).clone()
+        f[layers], g[layers] = f_part, g_part
         return f.reshape(P), g.reshape(P, D)
 
     def precondition(t: Tensor) -> Tensor:
@@ -271,6 +288,9 @@ def _lbfgs(problems: _Problems, max_iter: int, tol: float) -> tuple[Tensor, Tens
         active = ~done
         if not bool(active.any()):
             break
+        running = active.reshape(shape[:2]).any(1)
+        cache.update(f=f, g=g)
+        cache["layers"] = None if bool(running.all()) else running.nonzero()[:, 0]  # type: ignore[assignment]
         direction = memory.direction(g, precondition)
         lost = active & ~((g * direction).sum(1) < 0)
         if bool(lost.any()):  # not a descent direction: restart those problems
