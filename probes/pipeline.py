@@ -72,60 +72,44 @@ def stage_probes(model: Any, cfg: ProbeStageConfig, out: Path) -> dict[str, Any]
     from probes.cache import extract_dataset
     from probes.datasets import RenderSpec, load_dataset
     from probes.plots import plot_layerwise, plot_overview, plot_reading_vs_control, save_figure
-    from probes.probing import fit_layerwise
+    from probes.probing import LayerwiseResult, fit_layerwise
 
     figures = out / "figures"
-    results: dict[str, Any] = {}
-    fitted = []
-    reading_store_args: dict[str, Any] = {}
+    store_args = {"render_spec": RenderSpec(frame=cfg.frame), "layers": cfg.layers}
+    store_args["batch_size"] = cfg.batch_size
+
+    def probe(dataset: Any, **position: Any) -> LayerwiseResult:
+        store = extract_dataset(model, dataset, **position, **store_args)
+        return fit_layerwise(
+            store,
+            n_folds=cfg.folds,
+            C=cfg.C,
+            n_boot=cfg.n_boot,
+            seed=cfg.seed,
+            attribute=dataset.attribute,
+        )
+
+    fitted: list[LayerwiseResult] = []
+    reading: dict[str, Any] | None = None
     for name in cfg.attributes:
         dataset = load_dataset(name, size=cfg.size, seed=cfg.seed)
         _say(f"probes: {name} ({len(dataset)} examples)")
-        store_args = {
-            "render_spec": RenderSpec(frame=cfg.frame),
-            "layers": cfg.layers,
-            "batch_size": cfg.batch_size,
-        }
-        store = extract_dataset(model, dataset, position=cfg.position, **store_args)
-        result = fit_layerwise(
-            store,
-            n_folds=cfg.folds,
-            C=cfg.C,
-            n_boot=cfg.n_boot,
-            seed=cfg.seed,
-            attribute=dataset.attribute,
-        )
+        result = probe(dataset, position=cfg.position)
         save_figure(plot_layerwise(result), figures / f"probe_{dataset.attribute}")
-        results[dataset.attribute] = result.to_dict()
         fitted.append(result)
         if name == cfg.reading_attribute:
-            reading_store_args = {"dataset": dataset, "control": result, **store_args}
+            suffix = f" I think the {dataset.attribute.replace('_', ' ')} of this user is"
+            _say(f"probes: reading probe for {name} at the suffix {suffix!r}")
+            read = probe(dataset, position="suffix", suffix=suffix)
+            save_figure(
+                plot_reading_vs_control(read, result),
+                figures / f"reading_vs_control_{dataset.attribute}",
+            )
+            reading = {"suffix": suffix, "result": read.to_dict()}
     if fitted:
         save_figure(plot_overview(fitted), figures / "probe_overview")
-    reading: dict[str, Any] | None = None
-    if reading_store_args:
-        dataset = reading_store_args.pop("dataset")
-        control = reading_store_args.pop("control")
-        suffix = f" I think the {dataset.attribute.replace('_', ' ')} of this user is"
-        _say(f"probes: reading probe for {dataset.name} at the suffix {suffix!r}")
-        store = extract_dataset(
-            model, dataset, position="suffix", suffix=suffix, **reading_store_args
-        )
-        result = fit_layerwise(
-            store,
-            n_folds=cfg.folds,
-            C=cfg.C,
-            n_boot=cfg.n_boot,
-            seed=cfg.seed,
-            attribute=dataset.attribute,
-        )
-        save_figure(
-            plot_reading_vs_control(result, control),
-            figures / f"reading_vs_control_{dataset.attribute}",
-        )
-        reading = {"suffix": suffix, "result": result.to_dict()}
     return {
-        "results": results,
+        "results": {r.attribute: r.to_dict() for r in fitted},
         "summary": [r.summary_row() for r in fitted],
         "reading_probe": reading,
     }

@@ -176,10 +176,11 @@ def plot_transfer(matrix: dict[str, Any]) -> go.Figure:
             row=1,
             col=col,
         )
+    _layout(fig, "<b>Transfer</b>: train on one set, test on another", "", "", height=480)
     fig.update_xaxes(title_text="test on")
     fig.update_yaxes(title_text="train on", col=1)
     fig.update_yaxes(autorange="reversed")
-    return _layout(fig, "<b>Transfer</b>: train on one set, test on another", "", "", height=480)
+    return fig
 
 
 def browser_for_png() -> str | None:

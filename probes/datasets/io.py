@@ -11,12 +11,12 @@ import io
 import json
 import os
 import random
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from probes.atomic import atomic_write_text
 from probes.datasets.schema import Dataset, Example, normalize_messages
 from probes.errors import DatasetError
 
@@ -309,15 +309,4 @@ def export_dataset(ds: Dataset, path: str | os.PathLike[str]) -> Path:
         raise DatasetError(
             f"Dataset {ds.name!r} cannot be exported: {' '.join(str(err).split())}."
         ) from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, content)
