@@ -10,19 +10,12 @@ from pathlib import Path
 import pytest
 
 import probes.datasets
+from probes.config import PROBE_ATTRIBUTES
 from probes.datasets import load_dataset
 from probes.datasets.io import HEADER_KEY
 
 TRANSFER_DIR = Path(probes.datasets.__file__).parent / "data" / "transfer"
-NAMES = [
-    "dialect_us_uk",
-    "age",
-    "gender",
-    "education",
-    "socioeconomic",
-    "proficiency",
-    "belief",
-]
+NAMES = list(PROBE_ATTRIBUTES)  # one transfer corpus per probed attribute
 MIN_ROWS = 40
 MAX_IMBALANCE = 1.25
 
