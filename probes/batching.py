@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -68,3 +70,25 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[l
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
+
+
+# Which prompts (indices into the caller's list) the rows of the current batch are. Functions
+# that batch prompts set it around each forward, so per-prompt interventions (patching) find
+# their rows whatever the batching order.
+_BATCH_ROWS: ContextVar[Tensor | None] = ContextVar("probes_batch_rows", default=None)
+
+
+@contextmanager
+def batch_rows(rows: Sequence[int]) -> Iterator[None]:
+    """Declare that the forward passes inside run the prompts ``rows``, in batch order."""
+    token = _BATCH_ROWS.set(torch.as_tensor(list(rows), dtype=torch.long))
+    try:
+        yield
+    finally:
+        _BATCH_ROWS.reset(token)
+
+
+def current_rows(batch: int) -> Tensor:
+    """The prompt indices of the current batch's rows (``0..batch-1`` if nobody declared them)."""
+    rows = _BATCH_ROWS.get()
+    return torch.arange(batch) if rows is None else rows

@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from probes.batching import collate, encode, length_sorted_batches, pad_token_id
+from probes.batching import batch_rows, collate, encode, length_sorted_batches, pad_token_id
 from probes.models import LoadedModel
 
 
@@ -38,7 +39,8 @@ def continuation_logprobs(
     for idx in length_sorted_batches([len(s) for s in full], batch_size):
         batch = collate([full[i] for i in idx], pad_token_id(tok), "left", model.device)
         keep = max(len(cont_ids[i]) for i in idx) + 1
-        logits = model.hf_model(**batch.model_kwargs(), logits_to_keep=keep).logits
+        with batch_rows(idx):
+            logits = model.hf_model(**batch.model_kwargs(), logits_to_keep=keep).logits
         logprobs = torch.log_softmax(logits.double(), dim=-1)
         for row, i in enumerate(idx):
             n = len(cont_ids[i])
@@ -82,7 +84,8 @@ def next_token_logprobs_at(
     out: list[Tensor] = [torch.empty(0)] * len(prompts)
     for idx in length_sorted_batches([len(s) for s in prompt_ids], batch_size):
         batch = collate([prompt_ids[i] for i in idx], pad_token_id(tok), "left", model.device)
-        logits = model.hf_model(**batch.model_kwargs(), logits_to_keep=1).logits[:, -1]
+        with batch_rows(idx):
+            logits = model.hf_model(**batch.model_kwargs(), logits_to_keep=1).logits[:, -1]
         logprobs = torch.log_softmax(logits.double(), dim=-1).cpu()
         for row, i in enumerate(idx):
             out[i] = logprobs[row, torch.as_tensor(list(token_ids[i]), dtype=torch.long)]
@@ -145,3 +148,82 @@ def behavior_log_odds(
     sets = [(it.answers[it.positive], it.answers[it.negative]) for it in items]
     scores = answer_set_logprobs(model, prompts, sets, batch_size)
     return scores[:, 0] - scores[:, 1]
+
+
+# --------------------------------------------------------------------------------------------
+# Damage and capability: what an intervention costs on text that has nothing to do with it
+# --------------------------------------------------------------------------------------------
+
+
+def neutral_texts() -> list[str]:
+    """The built-in neutral sentences (no cue about the writer)."""
+    from probes.datasets.builtin import read_data_json
+
+    return list(read_data_json("neutral.json")["texts"])
+
+
+def neutral_prompts(texts: Sequence[str] | None = None) -> list[str]:
+    """Prefixes of neutral sentences (their first 60% of words) whose next token is measured."""
+    prompts = []
+    for text in texts if texts is not None else neutral_texts():
+        words = text.split()
+        prompts.append(" ".join(words[: max(2, round(len(words) * 0.6))]))
+    return prompts
+
+
+@torch.inference_mode()
+def next_token_logprobs(
+    model: LoadedModel, prompts: Sequence[str], batch_size: int = 16
+) -> Float[Tensor, "n vocab"]:
+    """The full next-token log-distribution after each prompt (last position only)."""
+    tok = model.tokenizer
+    prompt_ids = encode(tok, prompts)
+    out = torch.empty(len(prompts), model.vocab_size)
+    for idx in length_sorted_batches([len(s) for s in prompt_ids], batch_size):
+        batch = collate([prompt_ids[i] for i in idx], pad_token_id(tok), "left", model.device)
+        with batch_rows(idx):
+            logits = model.hf_model(**batch.model_kwargs(), logits_to_keep=1).logits[:, -1]
+        out[torch.as_tensor(idx)] = torch.log_softmax(logits.float(), dim=-1).cpu()
+    return out
+
+
+def kl_divergence(
+    reference: Float[Tensor, "n vocab"], current: Float[Tensor, "n vocab"]
+) -> Float[Tensor, " n"]:
+    """KL(reference || current) per row, from log-probabilities, in nats."""
+    ref = reference.double()
+    return (ref.exp() * (ref - current.double())).sum(-1)
+
+
+@torch.inference_mode()
+def perplexity(model: LoadedModel, texts: Sequence[str], batch_size: int = 4) -> float:
+    """exp(mean negative log-likelihood) of every token after BOS, over all texts.
+
+    Needs logits at every position, so it runs in small batches to bound memory.
+    """
+    tok = model.tokenizer
+    ids = encode(tok, texts)
+    total, count = 0.0, 0
+    for idx in length_sorted_batches([len(s) for s in ids], batch_size):
+        batch = collate([ids[i] for i in idx], pad_token_id(tok), "right", model.device)
+        with batch_rows(idx):
+            logits = model.hf_model(**batch.model_kwargs()).logits[:, :-1]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        targets = batch.input_ids[:, 1:]
+        picked = logprobs.gather(-1, targets[..., None])[..., 0]
+        valid = batch.attention_mask[:, 1:].bool()
+        total -= float(picked[valid].double().sum())
+        count += int(valid.sum())
+    return float(torch.exp(torch.tensor(total / max(count, 1))))
+
+
+def multiple_choice_correct(
+    model: LoadedModel,
+    prompts: Sequence[str],
+    choices: Sequence[Sequence[str]],
+    answers: Sequence[int],
+    batch_size: int = 16,
+) -> np.ndarray:
+    """Whether the correct choice has the highest log-probability, per prompt."""
+    scores = answer_set_logprobs(model, prompts, [[[c] for c in cs] for cs in choices], batch_size)
+    return scores.argmax(-1).numpy() == np.asarray(answers)
