@@ -50,9 +50,8 @@ def test_hooks_removed_after_context_and_after_exception(tiny_model):
     with steer(tiny_model, direction, 4.0), ablate(tiny_model, direction.reversed()):
         assert not _no_hooks_left(tiny_model)
     assert _no_hooks_left(tiny_model)
-    with pytest.raises(RuntimeError, match="boom"):
-        with steer(tiny_model, direction, 4.0):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), steer(tiny_model, direction, 4.0):
+        raise RuntimeError("boom")
     assert _no_hooks_left(tiny_model)
     torch.testing.assert_close(_last_logprobs(tiny_model, PROMPTS), before)
 
@@ -71,16 +70,19 @@ def _observe_generation(model, scope, positions=None):
 
     ids = [encode(model.tokenizer, [p])[0] for p in ("Hello there my friend", "Hi you")]
     batch = collate(ids, 0, "left")
-    with model.bridge.hooks(fwd_hooks=[(name, before)]):
-        with steer(model, _direction(model, layer), 3.0, scope=scope, positions=positions):
-            with model.bridge.hooks(fwd_hooks=[(name, after)]):
-                model.hf_model.generate(
-                    batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    max_new_tokens=4,
-                    do_sample=False,
-                    pad_token_id=0,
-                )
+    direction = _direction(model, layer)
+    with (
+        model.bridge.hooks(fwd_hooks=[(name, before)]),
+        steer(model, direction, 3.0, scope=scope, positions=positions),
+        model.bridge.hooks(fwd_hooks=[(name, after)]),
+    ):
+        model.hf_model.generate(
+            batch.input_ids,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=4,
+            do_sample=False,
+            pad_token_id=0,
+        )
     return changed, batch.attention_mask.bool()
 
 
@@ -136,7 +138,9 @@ def _labelled_store(model, tmp_path, layer: int):
             texts.append(f"My {thing} is {colour}, I think.")
             labels.append("warm" if i % 2 == 0 else "cool")
     acts = record(model, texts, [layer], positions=[-4])[layer][:, 0]
-    table = [{"label": lab, "text": t, "attribute": "tone"} for t, lab in zip(texts, labels)]
+    table = [
+        {"label": lab, "text": t, "attribute": "tone"} for t, lab in zip(texts, labels, strict=True)
+    ]
     store = write_store(tmp_path / "store", {"resid_post": acts[:, None]}, table, layers=[layer])
     return store, texts, np.asarray(labels)
 
@@ -228,10 +232,9 @@ def test_damage_metrics_are_zero_without_intervention_and_grow_with_it(tiny_gemm
 
 def test_bad_arguments_are_one_line_errors(tiny_gemma):
     d = _direction(tiny_gemma, 1)
-    with pytest.raises(ProbesError, match="scope"):
-        with steer(tiny_gemma, d, 1.0, scope="everything"):  # type: ignore[arg-type]
-            pass
-    with pytest.raises(ProbesError, match="out of range"):
-        with steer(tiny_gemma, Direction(d.vector, layer=99), 1.0):
-            pass
+    with pytest.raises(ProbesError, match="scope"), steer(tiny_gemma, d, 1.0, scope="bad"):  # type: ignore[arg-type]
+        pass
+    far = Direction(d.vector, layer=99)
+    with pytest.raises(ProbesError, match="out of range"), steer(tiny_gemma, far, 1.0):
+        pass
     assert _no_hooks_left(tiny_gemma)
