@@ -21,11 +21,14 @@ def continuation_logprobs(
     prompts: Sequence[str],
     continuations: Sequence[str],
     batch_size: int = 16,
+    prompt_rows: Sequence[int] | None = None,
 ) -> Float[Tensor, " n"]:
     """Summed log-probability of each continuation (any number of tokens) after its prompt.
 
     Prompt and continuation are tokenized separately and joined, so the continuation's tokens
     are exactly its own. Logits are computed only for the continuation's positions.
+    ``prompt_rows[i]`` names the caller's prompt that entry ``i`` belongs to (for per-prompt
+    interventions such as patching when one prompt is scored with several continuations).
     """
     if len(prompts) != len(continuations):
         raise ValueError("prompts and continuations must have the same length")
@@ -39,7 +42,8 @@ def continuation_logprobs(
     for idx in length_sorted_batches([len(s) for s in full], batch_size):
         batch = collate([full[i] for i in idx], pad_token_id(tok), "left", model.device)
         keep = max(len(cont_ids[i]) for i in idx) + 1
-        with batch_rows(idx):
+        rows = idx if prompt_rows is None else [prompt_rows[i] for i in idx]
+        with batch_rows(rows):
             logits = model.hf_model(**batch.model_kwargs(), logits_to_keep=keep).logits
         logprobs = torch.log_softmax(logits.double(), dim=-1)
         for row, i in enumerate(idx):
@@ -129,7 +133,11 @@ def answer_set_logprobs(
             parts[i][s].append(value.reshape(1))
     if multi:
         scores = continuation_logprobs(
-            model, [prompts[i] for i, _, _ in multi], [a for _, _, a in multi], batch_size
+            model,
+            [prompts[i] for i, _, _ in multi],
+            [a for _, _, a in multi],
+            batch_size,
+            prompt_rows=[i for i, _, _ in multi],
         )
         for (i, s, _), score in zip(multi, scores, strict=True):
             parts[i][s].append(score.reshape(1))

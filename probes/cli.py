@@ -98,8 +98,9 @@ def _plugin_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
         pass
     from probes.cache_cli import register as register_cache
     from probes.probing_cli import register as register_probing
+    from probes.steering_cli import register as register_steering
 
-    registrars += [register_cache, register_probing]
+    registrars += [register_cache, register_probing, register_steering]
     return registrars
 
 

@@ -342,6 +342,7 @@ def patch(
     site: str = "resid_post",
     positions: Sequence[int] | None = (-1,),
     basis: Float[Tensor, "r d_model"] | None = None,
+    token_mask: Bool[Tensor, "n longest"] | None = None,
     scope: Scope = "prompt",
 ) -> Iterator[None]:
     """Write recorded activations (from :func:`record`) at ``positions`` of each layer.
@@ -349,7 +350,11 @@ def patch(
     Row ``i`` of ``values`` goes to prompt ``i`` of the caller's list (behaviour functions
     declare their batch rows; a direct call uses the batch order). With ``basis`` only the
     component in its span is replaced: ``x + Q Q^T (source - x)``, the rest of ``x`` is kept.
+    With ``positions=None``, ``token_mask[i]`` (prompt coordinates) picks which tokens of
+    prompt ``i`` are patched; without it every prompt token is.
     """
+    if token_mask is not None and positions is not None:
+        raise ProbesError("token_mask works with positions=None (it names the tokens itself)")
     _check_scope(scope)
     q_basis = None if basis is None else orthonormal_basis(basis.reshape(-1, basis.shape[-1]))
     hooks = []
@@ -366,6 +371,11 @@ def patch(
             if positions is None:
                 index = step.token_index.clamp(max=src.shape[1] - 1)
                 new = torch.gather(src, 1, index[..., None].expand(-1, -1, src.shape[-1]))
+                if token_mask is not None:
+                    tokens = token_mask[rows].to(acts.device)
+                    inside = step.token_index < tokens.shape[1]
+                    index = step.token_index.clamp(max=tokens.shape[1] - 1)
+                    where = where & inside & torch.gather(tokens, 1, index)
             else:
                 match = step.token_index[:, :, None] == _targets(step, positions)[:, None, :]
                 new = torch.einsum("bqk,bkd->bqd", match.to(acts.dtype), src)
