@@ -57,21 +57,23 @@ def prompts_hash(prompts: Sequence[str], metadata: Sequence[dict[str, Any]] | No
 
 
 def parse_layers(layers: Sequence[int] | str | None, n_layers: int) -> list[int]:
-    """None or 'all' means every layer; '0,4,8' and '2-6' (inclusive) are accepted."""
+    """None or 'all' means every layer; '0,4,8', '2-6' (inclusive) and '0-17:3' (every
+    third) are accepted."""
     if layers is None or layers == "all":
         return list(range(n_layers))
     if isinstance(layers, str):
         out: list[int] = []
         try:
             for part in layers.split(","):
-                if "-" in part.strip()[1:]:
-                    lo, hi = part.split("-", 1)
-                    out.extend(range(int(lo), int(hi) + 1))
+                span, _, step = part.partition(":")
+                if "-" in span.strip()[1:]:
+                    lo, hi = span.split("-", 1)
+                    out.extend(range(int(lo), int(hi) + 1, int(step or 1)))
                 else:
                     out.append(int(part))
         except ValueError as exc:
             raise ProbesError(
-                f"cannot read layers {layers!r}: use e.g. 'all', '0,4,8' or '2-6'"
+                f"cannot read layers {layers!r}: use e.g. 'all', '0,4,8', '2-6' or '0-17:3'"
             ) from exc
         layers = out
     result = sorted({n_layers + int(x) if int(x) < 0 else int(x) for x in layers})

@@ -13,7 +13,8 @@ from typing import Any
 
 from probes.errors import ConfigError
 
-ALL_STAGES = ("first_look", "probes")
+ALL_STAGES = ("first_look", "probes", "steering", "patching", "erasure", "mediation", "audit")
+MEDIATION_CASES = ("dialect", "proficiency", "echo_chamber")
 PROBE_ATTRIBUTES = (
     "dialect_us_uk",
     "age",
@@ -43,6 +44,40 @@ class ProbeStageConfig:
 
 
 @dataclass(frozen=True)
+class InterventionStageConfig:
+    """Steering sweep, patching and erasure for one behaviour attribute."""
+
+    attribute: str = "dialect"
+    method: str = "mean_diff"
+    layers: str = "auto"  # "auto": four layers spread over the model; or "3,6,9", "2-10"
+    strengths: tuple[float, ...] = (-0.2, -0.1, -0.05, 0.05, 0.1, 0.2)
+    kl_max: float = 0.5
+    patch_layers: str = "all"
+    erase_layer: str = "auto"  # "auto": the steering layer with the best in-bounds flip rate
+    erase_band: int = 4
+
+
+@dataclass(frozen=True)
+class MediationStageConfig:
+    """The IP paper's three case studies as mediation analyses."""
+
+    cases: tuple[str, ...] = ("dialect", "proficiency", "echo_chamber")
+    layers: str = "auto"
+    n_boot: int = 1000
+    n_perm: int = 1000
+
+
+@dataclass(frozen=True)
+class AuditStageConfig:
+    """The persona audit and its three-tier report."""
+
+    max_items: int | None = None  # None: every utility and safety item
+    policy: str | None = None  # a TOML policy file (tier 2)
+    n_boot: int = 1000
+    n_perm: int = 1000
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """The whole main job."""
 
@@ -51,12 +86,24 @@ class RunConfig:
     dtype: str | None = None
     stages: tuple[str, ...] = ALL_STAGES
     probes: ProbeStageConfig = field(default_factory=ProbeStageConfig)
+    interventions: InterventionStageConfig = field(default_factory=InterventionStageConfig)
+    mediation: MediationStageConfig = field(default_factory=MediationStageConfig)
+    audit: AuditStageConfig = field(default_factory=AuditStageConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 QUICK_OVERRIDES = {"size": 160, "n_boot": 300}
+QUICK_INTERVENTIONS = {"strengths": (-0.1, 0.1), "patch_layers": "0-17:3"}
+QUICK_MEDIATION = {"n_boot": 300, "n_perm": 300}
+QUICK_AUDIT = {"max_items": 40, "n_boot": 300, "n_perm": 300}
+SECTIONS = {
+    "probes": ProbeStageConfig,
+    "interventions": InterventionStageConfig,
+    "mediation": MediationStageConfig,
+    "audit": AuditStageConfig,
+}
 
 
 def _coerce(section: str, cls: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -66,8 +113,14 @@ def _coerce(section: str, cls: type, values: dict[str, Any]) -> dict[str, Any]:
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"unknown key {section}.{key}: expected one of {', '.join(known)}")
-        default = getattr(cls(), key) if key != "probes" else None
-        if isinstance(default, tuple):
+        default = getattr(cls(), key) if key not in SECTIONS else None
+        if isinstance(default, tuple) and default and isinstance(default[0], float):
+            if not isinstance(value, list) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in value
+            ):
+                raise ConfigError(f"{section}.{key} must be a list of numbers")
+            value = tuple(float(v) for v in value)
+        elif isinstance(default, tuple):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{section}.{key} must be a list of strings")
             value = tuple(value)
@@ -82,9 +135,9 @@ def _coerce(section: str, cls: type, values: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"{section}.{key} must be a positive number")
             value = float(value)
         elif default is None or isinstance(default, str):
-            if key == "size" and not (isinstance(value, int) and value > 0):
-                raise ConfigError(f"{section}.size must be a positive integer")
-            if key != "size" and not isinstance(value, str):
+            if key in ("size", "max_items") and not (isinstance(value, int) and value > 0):
+                raise ConfigError(f"{section}.{key} must be a positive integer")
+            if key not in ("size", "max_items") and not isinstance(value, str):
                 raise ConfigError(f"{section}.{key} must be a string")
         out[key] = value
     return out
@@ -103,11 +156,19 @@ def load_config(
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    probe_values = raw.pop("probes", {})
-    if not isinstance(probe_values, dict):
-        raise ConfigError("[probes] must be a table")
+    tables: dict[str, dict[str, Any]] = {}
+    for name in SECTIONS:
+        tables[name] = raw.pop(name, {})
+        if not isinstance(tables[name], dict):
+            raise ConfigError(f"[{name}] must be a table")
+    probe_values = tables["probes"]
     top = _coerce("run", RunConfig, raw.pop("run", {}) | raw)
     probes = ProbeStageConfig(**_coerce("probes", ProbeStageConfig, probe_values))
+    sections: dict[str, Any] = {
+        name: cls(**_coerce(name, cls, tables[name]))
+        for name, cls in SECTIONS.items()
+        if name != "probes"
+    }
     if (
         "reading_attribute" not in probe_values
         and probes.reading_attribute not in probes.attributes
@@ -115,7 +176,16 @@ def load_config(
         probes = replace(probes, reading_attribute=None)  # the default only applies when probed
     if quick:
         probes = replace(probes, **QUICK_OVERRIDES)
-    config = RunConfig(**top, probes=probes)
+        for name, values in (
+            ("interventions", QUICK_INTERVENTIONS),
+            ("mediation", QUICK_MEDIATION),
+            ("audit", QUICK_AUDIT),
+        ):
+            given = tables[name]
+            sections[name] = replace(
+                sections[name], **{k: v for k, v in values.items() if k not in given}
+            )
+    config = RunConfig(**top, probes=probes, **sections)
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     _validate(config)
     return config
@@ -137,6 +207,20 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError("probes.frame must be raw, chat or template")
     if config.probes.folds < 2:
         raise ConfigError("probes.folds must be at least 2")
+    steer = config.interventions
+    if steer.attribute not in ("dialect", "belief"):
+        raise ConfigError("interventions.attribute must be dialect or belief")
+    if steer.method not in ("mean_diff", "probe", "twin_pca"):
+        raise ConfigError("interventions.method must be mean_diff, probe or twin_pca")
+    if not steer.strengths or 0.0 in steer.strengths:
+        raise ConfigError("interventions.strengths must be non-empty and non-zero")
+    bad_cases = [c for c in config.mediation.cases if c not in MEDIATION_CASES]
+    if bad_cases:
+        raise ConfigError(
+            f"unknown mediation case {bad_cases[0]!r}: use {', '.join(MEDIATION_CASES)}"
+        )
+    if config.audit.policy is not None and not Path(config.audit.policy).is_file():
+        raise ConfigError(f"audit.policy file {config.audit.policy} does not exist")
     reading = config.probes.reading_attribute
     if reading and reading not in config.probes.attributes:
         raise ConfigError("probes.reading_attribute must be one of probes.attributes")

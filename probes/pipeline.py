@@ -129,6 +129,47 @@ def print_probe_summary(summary: list[dict[str, Any]]) -> None:
         )
 
 
+def print_intervention_summary(result: dict[str, Any]) -> None:
+    """Steering, patching and erasure in a few lines."""
+    steering = result.get("steering")
+    if steering:
+        summary = steering["summary"]
+        print(f"\nsteering {result['attribute']} (mean KL on neutral text <= {summary['kl_max']}):")
+        for name in ("towards_target", "towards_source"):
+            row = summary.get(name)
+            if row is None:
+                print(f"  {name}: no strength stays within the KL bound")
+                continue
+            print(
+                f"  {name}: layer {row['layer']} strength {row['strength']:+g} flips "
+                f"{row['flip_rate']:.0%} of {row['flip_eligible']} items; random direction moves "
+                f"the metric {row['random_ratio']:.0%} as much; KL {row['kl_mean']:.3f}"
+            )
+    patching = result.get("patching")
+    if patching:
+        import numpy as np
+
+        restored = np.asarray(patching["restored"], dtype=float)
+        last = patching["columns"].index("last token")
+        entered = [
+            layer
+            for layer, value in zip(patching["layers"], restored[:, last], strict=True)
+            if value >= 0.5
+        ]
+        where = f"from layer {entered[0]}" if entered else "at no patched layer"
+        print(f"patching: the last token carries >= half of the cue's effect {where}")
+    erasure = result.get("erasure")
+    if erasure:
+        first = erasure["rows"][0]
+        band = erasure["band"]
+        print(
+            f"erasure: LEACE at layer {erasure['erased_layer']} puts a fresh probe at "
+            f"{first['accuracy_after']:.3f} (chance {erasure['chance']:.3f}); with layers "
+            f"{band['band'][0]}-{band['band'][-1]} erased {band['remaining_erased']:.0%} of the "
+            f"cue's effect remains, ablated {band['remaining_ablated']:.0%}"
+        )
+
+
 def run_main_job(args: argparse.Namespace) -> int:
     from probes.config import load_config
     from probes.models import load_model
@@ -150,6 +191,14 @@ def run_main_job(args: argparse.Namespace) -> int:
         t = time.perf_counter()
         stages["probes"] = stage_probes(model, config.probes, out)
         seconds["probes"] = round(time.perf_counter() - t, 1)
+    if any(s in config.stages for s in ("steering", "patching", "erasure")):
+        from probes.stages import stage_interventions
+
+        t = time.perf_counter()
+        stages["interventions"] = stage_interventions(
+            model, config.interventions, out, config.stages
+        )
+        seconds["interventions"] = round(time.perf_counter() - t, 1)
     seconds["total"] = round(time.perf_counter() - start, 1)
     results = {
         "probes_version": __version__,
@@ -177,6 +226,8 @@ def run_main_job(args: argparse.Namespace) -> int:
         print(f"the answer follows the cue (UK positive, US negative) in {follows}/{n_pairs} pairs")
     if "probes" in stages:
         print_probe_summary(stages["probes"]["summary"])
+    if "interventions" in stages:
+        print_intervention_summary(stages["interventions"])
     print(
         f"\nresults in {out / 'results.json'}, figures in {out / 'figures'} ({seconds['total']} s)"
     )

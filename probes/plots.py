@@ -197,11 +197,16 @@ def browser_for_png() -> str | None:
 
 
 def save_figure(fig: go.Figure, stem: str | Path, png: bool = True) -> list[Path]:
-    """Write ``stem.html`` (plotly.js beside it, so it opens offline) and, if possible, PNG."""
+    """Write ``stem.html`` (plotly.js beside it, so it opens offline) and, if possible, PNG.
+
+    Also writes ``stem.json`` (the figure as plotly JSON), which ``report.html`` embeds; it is
+    not in the returned list, which names the files meant for a reader (HTML, then PNG).
+    """
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     html = fig.to_html(include_plotlyjs="directory", full_html=True)
     written = [atomic_write_text(stem.with_suffix(".html"), html)]
+    atomic_write_text(stem.with_suffix(".json"), fig.to_json())
     js = stem.parent / "plotly.min.js"
     if not js.exists():
         from plotly.offline import get_plotlyjs

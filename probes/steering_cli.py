@@ -61,7 +61,8 @@ def run_steering(
     png: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Sweep, pick the best in-bounds strength each way, write results.json and figures."""
+    """Sweep, pick the best in-bounds strength each way; figures and the chosen direction go
+    in ``out``; returns everything measured."""
     from probes.datasets import load_behavior_items, render_behavior
     from probes.plots import save_figure
     from probes.steering import damage_report, sample_generations, sweep
@@ -95,7 +96,6 @@ def run_steering(
         "perplexity": damage,
         "samples": samples,
     }
-    atomic_write_json(out / "results.json", payload)
     save_figure(plot_dose_response(result), out / f"steer_{attribute}", png=png)
     save_figure(plot_pareto(result), out / f"steer_{attribute}_pareto", png=png)
     return payload
@@ -132,6 +132,7 @@ def _handle_steer(args: argparse.Namespace) -> int:
         method=args.method,
         kl_max=args.kl_max,
     )
+    atomic_write_json(out / "results.json", payload)
     _print_summary(payload)
     print(f"results: {out / 'results.json'}")
     return 0
@@ -152,7 +153,6 @@ def run_patching(
     items = load_behavior_items(attribute)
     result = patching_heatmap(model, items, base, source, layers=layers)
     payload = {"model": model.describe(), "patching": result.to_dict()}
-    atomic_write_json(out / "results.json", payload)
     save_figure(plot_patching(result), out / f"patch_{attribute}", png=png)
     return payload
 
@@ -163,6 +163,7 @@ def _handle_patch(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device)
     layers = _layers(args.layers, model.n_layers) if args.layers else None
     payload = run_patching(model, args.attribute, layers, Path(args.out))
+    atomic_write_json(Path(args.out) / "results.json", payload)
     p = payload["patching"]
     print(f"{p['n_pairs']} twin pairs, total effect {p['total_effect']:+.2f}")
     print("layer  " + "  ".join(f"{c[:12]:>12}" for c in p["columns"]))

@@ -1,0 +1,109 @@
+"""Concept erasure experiments: does LEACE at one layer blind a fresh probe there, how much do
+later layers recover, and how much of the cue's effect on the answer survives erasing or
+ablating the concept over a band of layers?"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from probes.datasets import load_behavior_items
+from probes.directions import fit_direction, fit_eraser
+from probes.interventions import ablate, erase, record
+from probes.models import LoadedModel
+from probes.patching import twin_pairs
+from probes.probing import fit_layerwise
+from probes.steering import log_odds_metric
+from probes.store import ActivationStore, write_store
+
+
+def probe_after_erasure(
+    model: LoadedModel,
+    store: ActivationStore,
+    layer: int,
+    later_layers: Sequence[int],
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Erase at every position of ``layer`` (eraser fitted on ``store``), then fit fresh probes
+    on the last-token residual at ``layer`` and at ``later_layers`` (held-out template families)."""
+    eraser = fit_eraser(store, layer)
+    layers = sorted({layer, *later_layers})
+    prompts = store.texts  # the rendered prompts the store was extracted from
+    with erase(model, eraser):
+        acts = record(model, prompts, layers, positions=[-1])
+    table = [
+        {k: row.get(k) for k in ("label", "group", "pair_id", "attribute", "text")}
+        for row in store.table
+    ]
+    stacked = np.stack([acts[layer_][:, 0].numpy() for layer_ in layers], axis=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        import torch
+
+        erased = write_store(
+            Path(tmp) / "erased", {"resid_post": torch.as_tensor(stacked)}, table, layers=layers
+        )
+        after = fit_layerwise(erased, n_boot=n_boot, seed=seed, bow=False)
+    before = fit_layerwise(store, n_boot=n_boot, seed=seed, bow=False)
+    before_rows = {r["layer"]: r for r in before.rows}
+    rows = []
+    for r in after.rows:
+        b = before_rows.get(r["layer"], {})
+        rows.append(
+            {
+                "layer": r["layer"],
+                "accuracy_before": b.get("accuracy"),
+                "accuracy_after": r["accuracy"],
+                "ci_low": r["ci_low"],
+                "ci_high": r["ci_high"],
+                "control_accuracy": r["control_accuracy"],
+            }
+        )
+    return {
+        "erased_layer": layer,
+        "chance": after.majority_accuracy,
+        "rows": rows,
+    }
+
+
+def _twin_effect(model: LoadedModel, pairs: list[tuple[Any, Any]]) -> np.ndarray:
+    """Per pair: metric(source twin) - metric(base twin)."""
+    base = log_odds_metric(model, [b for b, _ in pairs]).numpy()
+    source = log_odds_metric(model, [s for _, s in pairs]).numpy()
+    return source - base
+
+
+def effect_under_band(
+    model: LoadedModel,
+    store: ActivationStore,
+    attribute: str,
+    band: Sequence[int],
+    base_cue: str,
+    source_cue: str,
+) -> dict[str, Any]:
+    """The cue's effect on the answer with the concept erased (LEACE) or its mean-difference
+    direction ablated at every position of every layer in ``band``."""
+    pairs = twin_pairs(load_behavior_items(attribute), base_cue, source_cue)
+    original = _twin_effect(model, pairs)
+    erasers = [fit_eraser(store, layer) for layer in band]
+    with erase(model, erasers):
+        erased = _twin_effect(model, pairs)
+    labels = sorted({str(x) for x in store.labels})
+    directions = [fit_direction(store, layer, "mean_diff", labels[0], labels[1]) for layer in band]
+    with ablate(model, directions):
+        ablated = _twin_effect(model, pairs)
+    mean = float(original.mean())
+    return {
+        "band": list(band),
+        "n_pairs": len(pairs),
+        "effect": mean,
+        "effect_erased": float(erased.mean()),
+        "effect_ablated": float(ablated.mean()),
+        "remaining_erased": float(erased.mean()) / mean,
+        "remaining_ablated": float(ablated.mean()) / mean,
+    }

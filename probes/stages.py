@@ -1,0 +1,68 @@
+"""Stages of `probes run` after the probes: interventions (steering sweep, patching, erasure),
+mediation case studies and the persona audit. Each returns a JSON-able dict and writes its
+figures into the run folder's ``figures/``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from probes.config import InterventionStageConfig
+from probes.models import LoadedModel
+
+
+def _say(message: str) -> None:
+    print(f"[probes run] {message}", file=sys.stderr, flush=True)
+
+
+def _auto_layers(model: LoadedModel, text: str) -> list[int]:
+    from probes.steering_cli import _layers
+
+    return _layers(None if text == "auto" else text, model.n_layers)
+
+
+def stage_interventions(
+    model: LoadedModel, cfg: InterventionStageConfig, out: Path, stages: tuple[str, ...]
+) -> dict[str, Any]:
+    """Steering sweep (with random controls), the patching heatmap and LEACE erasure."""
+    from probes.cache import extract_dataset
+    from probes.datasets import load_dataset
+    from probes.erasure import effect_under_band, probe_after_erasure
+    from probes.steering_cli import DATASET_FOR, POSITIVE_LABEL, run_patching, run_steering
+
+    figures = out / "figures"
+    result: dict[str, Any] = {"attribute": cfg.attribute}
+    layers = _auto_layers(model, cfg.layers)
+    chosen_layer = layers[len(layers) // 2]
+    if "steering" in stages:
+        _say(f"steering: {cfg.attribute}, layers {layers}, strengths {list(cfg.strengths)}")
+        steering = run_steering(
+            model,
+            cfg.attribute,
+            layers,
+            list(cfg.strengths),
+            figures,
+            method=cfg.method,
+            kl_max=cfg.kl_max,
+        )
+        result["steering"] = steering
+        best = steering["summary"].get("towards_target")
+        if best:
+            chosen_layer = int(best["layer"])
+    if "patching" in stages:
+        patch_layers = _auto_layers(model, cfg.patch_layers)
+        _say(f"patching: {cfg.attribute}, {len(patch_layers)} layers")
+        result["patching"] = run_patching(model, cfg.attribute, patch_layers, figures)["patching"]
+    if "erasure" in stages:
+        layer = chosen_layer if cfg.erase_layer == "auto" else int(cfg.erase_layer)
+        store = extract_dataset(model, load_dataset(DATASET_FOR[cfg.attribute]), layers="all")
+        later = sorted({min(model.n_layers - 1, layer + k) for k in (1, 2, 4, 8)})
+        _say(f"erasure: LEACE at layer {layer}, fresh probes at {[layer, *later]}")
+        erasure = probe_after_erasure(model, store, layer, later)
+        band = list(range(layer, min(model.n_layers, layer + cfg.erase_band)))
+        base, source = POSITIVE_LABEL[cfg.attribute]
+        _say(f"erasure: cue effect with layers {band} erased / ablated")
+        erasure["band"] = effect_under_band(model, store, cfg.attribute, band, base, source)
+        result["erasure"] = erasure
+    return result

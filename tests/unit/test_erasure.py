@@ -1,0 +1,17 @@
+"""LEACE erasure inside the model (tiny model, real built-in dataset)."""
+
+from __future__ import annotations
+
+from probes.cache import extract_dataset
+from probes.datasets import load_dataset
+from probes.erasure import probe_after_erasure
+
+
+def test_erasing_a_layer_puts_a_fresh_probe_there_at_chance(tiny_gemma, tmp_path):
+    dataset = load_dataset("dialect_us_uk", size=96, seed=0)
+    store = extract_dataset(tiny_gemma, dataset, layers="all", cache_root=tmp_path, progress=False)
+    result = probe_after_erasure(tiny_gemma, store, 1, [2, 3], n_boot=50)
+    rows = {r["layer"]: r for r in result["rows"]}
+    assert rows[1]["accuracy_before"] is not None
+    assert abs(rows[1]["accuracy_after"] - result["chance"]) <= 0.1
+    assert set(rows) == {1, 2, 3}
