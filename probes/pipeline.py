@@ -211,6 +211,9 @@ def run_main_job(args: argparse.Namespace) -> int:
         "seconds": seconds,
     }
     atomic_write_json(out / "results.json", results)
+    from probes.run_report import write_run_report
+
+    report = write_run_report(out, results)
 
     print(f"\nmodel {model.name}: {model.n_layers} layers, d_model {model.d_model}")
     if "dialect_first_look" in stages:
@@ -231,4 +234,5 @@ def run_main_job(args: argparse.Namespace) -> int:
     print(
         f"\nresults in {out / 'results.json'}, figures in {out / 'figures'} ({seconds['total']} s)"
     )
+    print(f"report: {report}")
     return 0
