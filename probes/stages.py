@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from probes.config import InterventionStageConfig
+from probes.errors import ProbesError
 from probes.models import LoadedModel
 
 
@@ -53,12 +54,18 @@ def stage_interventions(
     if "patching" in stages:
         patch_layers = _auto_layers(model, cfg.patch_layers)
         _say(f"patching: {cfg.attribute}, {len(patch_layers)} layers")
-        result["patching"] = run_patching(model, cfg.attribute, patch_layers, figures)["patching"]
+        try:
+            result["patching"] = run_patching(model, cfg.attribute, patch_layers, figures)[
+                "patching"
+            ]
+        except ProbesError as exc:  # e.g. no twin pairs of equal token length on this model
+            _say(f"patching skipped: {exc}")
+            result["patching_skipped"] = str(exc)
     if "erasure" in stages:
         layer = chosen_layer if cfg.erase_layer == "auto" else int(cfg.erase_layer)
         store = extract_dataset(model, load_dataset(DATASET_FOR[cfg.attribute]), layers="all")
         later = sorted({min(model.n_layers - 1, layer + k) for k in (1, 2, 4, 8)})
-        _say(f"erasure: LEACE at layer {layer}, fresh probes at {[layer, *later]}")
+        _say(f"erasure: LEACE at layer {layer}, fresh probes at {sorted({layer, *later})}")
         erasure = probe_after_erasure(model, store, layer, later)
         band = list(range(layer, min(model.n_layers, layer + cfg.erase_band)))
         base, source = POSITIVE_LABEL[cfg.attribute]
