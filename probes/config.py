@@ -49,8 +49,8 @@ class InterventionStageConfig:
 
     attribute: str = "dialect"
     method: str = "mean_diff"
-    layers: str = "auto"  # "auto": four layers spread over the model; or "3,6,9", "2-10"
-    strengths: tuple[float, ...] = (-0.2, -0.1, -0.05, 0.05, 0.1, 0.2)
+    layers: str = "auto"  # "auto": layers at 40%, 60%, 80% of the depth; or "3,6,9", "2-10"
+    strengths: tuple[float, ...] = (-0.2, -0.1, 0.1, 0.2)
     kl_max: float = 0.5
     patch_layers: str = "all"
     erase_layer: str = "auto"  # "auto": the steering layer with the best in-bounds flip rate
@@ -62,7 +62,8 @@ class MediationStageConfig:
     """The IP paper's three case studies as mediation analyses."""
 
     cases: tuple[str, ...] = ("dialect", "proficiency", "echo_chamber")
-    layers: str = "auto"
+    layers: str = "auto"  # "auto": every 3rd layer, the last, and the best-classifying one
+    pairs: int | None = 12  # twin pairs per case (None: all)
     n_boot: int = 1000
     n_perm: int = 1000
 
@@ -95,8 +96,8 @@ class RunConfig:
 
 
 QUICK_OVERRIDES = {"size": 160, "n_boot": 300}
-QUICK_INTERVENTIONS = {"strengths": (-0.1, 0.1), "patch_layers": "0-17:3"}
-QUICK_MEDIATION = {"n_boot": 300, "n_perm": 300}
+QUICK_INTERVENTIONS = {"strengths": (-0.2, 0.2), "layers": "11,14", "patch_layers": "0-17:3"}
+QUICK_MEDIATION = {"n_boot": 300, "n_perm": 1000, "layers": "9,12,17", "pairs": 8}
 QUICK_AUDIT = {"max_items": 40, "n_boot": 300, "n_perm": 300}
 SECTIONS = {
     "probes": ProbeStageConfig,
@@ -135,9 +136,9 @@ def _coerce(section: str, cls: type, values: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"{section}.{key} must be a positive number")
             value = float(value)
         elif default is None or isinstance(default, str):
-            if key in ("size", "max_items") and not (isinstance(value, int) and value > 0):
+            if key in ("size", "max_items", "pairs") and not (isinstance(value, int) and value > 0):
                 raise ConfigError(f"{section}.{key} must be a positive integer")
-            if key not in ("size", "max_items") and not isinstance(value, str):
+            if key not in ("size", "max_items", "pairs") and not isinstance(value, str):
                 raise ConfigError(f"{section}.{key} must be a string")
         out[key] = value
     return out

@@ -302,6 +302,12 @@ def record(
     """
     layers = sorted({int(layer) for layer in layers})
     ids = encode(model.tokenizer, prompts)
+    if positions is not None:
+        shortest = min(len(s) for s in ids)
+        if any(p >= shortest or p < -shortest for p in positions):
+            raise ProbesError(
+                f"positions {list(positions)} do not all exist in a prompt of {shortest} tokens"
+            )
     width = len(positions) if positions is not None else max(len(s) for s in ids)
     out = {layer: torch.zeros(len(ids), width, model.d_model) for layer in layers}
     last = layers[-1]
@@ -369,6 +375,12 @@ def patch(
             src = source[rows].to(acts.device, acts.dtype)
             where = selected(step, scope, positions)
             if positions is None:
+                beyond = where & (step.token_index >= src.shape[1])
+                if token_mask is None and bool(beyond.any()):
+                    raise ProbesError(
+                        "patch values are shorter than the prompt they are written into; "
+                        "pass token_mask or record a source at least as long"
+                    )
                 index = step.token_index.clamp(max=src.shape[1] - 1)
                 new = torch.gather(src, 1, index[..., None].expand(-1, -1, src.shape[-1]))
                 if token_mask is not None:

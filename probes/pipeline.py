@@ -142,8 +142,9 @@ def print_intervention_summary(result: dict[str, Any]) -> None:
                 continue
             print(
                 f"  {name}: layer {row['layer']} strength {row['strength']:+g} flips "
-                f"{row['flip_rate']:.0%} of {row['flip_eligible']} items; random direction moves "
-                f"the metric {row['random_ratio']:.0%} as much; KL {row['kl_mean']:.3f}"
+                f"{row['flip_rate']:.0%} of {row['flip_eligible']} items (KL {row['kl_mean']:.3f});"
+                f" a same-norm random direction moves it {row['random_ratio']:+.0%} as far "
+                f"towards the label (KL {row['random_kl_mean']:.2f})"
             )
     patching = result.get("patching")
     if patching:
@@ -168,6 +169,21 @@ def print_intervention_summary(result: dict[str, Any]) -> None:
             f"{band['band'][0]}-{band['band'][-1]} erased {band['remaining_erased']:.0%} of the "
             f"cue's effect remains, ablated {band['remaining_ablated']:.0%}"
         )
+
+
+def print_mediation_summary(result: dict[str, Any]) -> None:
+    """Per case study: the total effect and the layer where the most is mediated."""
+    print("\nmediation (last-token mediator; TE, and the best layer's NIE / proportion):")
+    for name, payload in result.items():
+        for mediator, rows in payload["results"].items():
+            best = max(rows, key=lambda r: abs(r["nie"]["mean"]))
+            te = best["te"]
+            share = best["proportion_mediated"]
+            share_text = f"{share:.2f}" if share is not None else "n/a"
+            print(
+                f"  {name:<13} {mediator:<9} TE {te['mean']:+.2f} (p {te['p']:.3g}); "
+                f"layer {best['layer']}: NIE {best['nie']['mean']:+.2f}, proportion {share_text}"
+            )
 
 
 def run_main_job(args: argparse.Namespace) -> int:
@@ -199,6 +215,12 @@ def run_main_job(args: argparse.Namespace) -> int:
             model, config.interventions, out, config.stages
         )
         seconds["interventions"] = round(time.perf_counter() - t, 1)
+    if "mediation" in config.stages:
+        from probes.stages import stage_mediation
+
+        t = time.perf_counter()
+        stages["mediation"] = stage_mediation(model, config.mediation, out)
+        seconds["mediation"] = round(time.perf_counter() - t, 1)
     seconds["total"] = round(time.perf_counter() - start, 1)
     results = {
         "probes_version": __version__,
@@ -231,6 +253,8 @@ def run_main_job(args: argparse.Namespace) -> int:
         print_probe_summary(stages["probes"]["summary"])
     if "interventions" in stages:
         print_intervention_summary(stages["interventions"])
+    if "mediation" in stages:
+        print_mediation_summary(stages["mediation"])
     print(
         f"\nresults in {out / 'results.json'}, figures in {out / 'figures'} ({seconds['total']} s)"
     )

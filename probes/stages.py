@@ -73,3 +73,30 @@ def stage_interventions(
         erasure["band"] = effect_under_band(model, store, cfg.attribute, band, base, source)
         result["erasure"] = erasure
     return result
+
+
+def stage_mediation(model: LoadedModel, cfg: Any, out: Path) -> dict[str, Any]:
+    """The IP paper's case studies: TE, NIE, NDE per layer through the attribute direction and
+    through the whole last-token residual."""
+    from probes.mediation import analyse_case_study, case_study
+    from probes.mediation_plots import plot_mediation
+    from probes.plots import save_figure
+
+    result: dict[str, Any] = {}
+    for name in cfg.cases:
+        case = case_study(name)
+        layers = None if cfg.layers == "auto" else _auto_layers(model, cfg.layers)
+        _say(f"mediation: {case.name} ({case.question})")
+        payload, rows = analyse_case_study(
+            model,
+            case,
+            layers=layers,
+            pairs=cfg.pairs,
+            n_boot=cfg.n_boot,
+            n_perm=cfg.n_perm,
+            seed=0,
+        )
+        fig = plot_mediation(rows, title=f"{case.name}: mediation by layer", subtitle=case.question)
+        save_figure(fig, out / "figures" / f"mediation_{case.name}")
+        result[case.name] = payload
+    return result

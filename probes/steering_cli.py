@@ -23,7 +23,7 @@ def _floats(text: str) -> list[float]:
 
 
 def _layers(text: str | None, n_layers: int) -> list[int]:
-    """Parse a layer list; by default four layers spread over the middle of the model."""
+    """Parse a layer list; by default three layers at 40%, 60% and 80% of the depth."""
     from probes.cache import parse_layers
 
     if text is None:
@@ -78,8 +78,16 @@ def run_steering(
             summary[name] = None
             continue
         control = result.cell("random", best["layer"], best["strength"])
-        ratio = abs(control["mean_shift"]) / max(abs(best["mean_shift"]), 1e-9)
-        summary[name] = {**best, "random_mean_shift": control["mean_shift"], "random_ratio": ratio}
+        moved = max(abs(best["mean_shift"]), 1e-9)
+        summary[name] = {
+            **best,
+            "random_mean_shift": control["mean_shift"],
+            # how far the random direction moves the metric towards the same label, relative
+            # to the direction (negative: it moves it the other way), and how far at all
+            "random_ratio": sign * control["mean_shift"] / moved,
+            "random_abs_ratio": abs(control["mean_shift"]) / moved,
+            "random_kl_mean": control["kl_mean"],
+        }
     chosen = summary.get("towards_target")
     samples, damage = [], None
     if chosen:
@@ -112,8 +120,9 @@ def _print_summary(payload: dict[str, Any]) -> None:
         print(
             f"  {name}: layer {row['layer']} strength {row['strength']:+g}: flips "
             f"{row['flip_rate']:.0%} of {row['flip_eligible']} items, mean shift "
-            f"{row['mean_shift']:+.2f} (random {row['random_mean_shift']:+.2f}, "
-            f"ratio {row['random_ratio']:.2f}), KL {row['kl_mean']:.3f}"
+            f"{row['mean_shift']:+.2f}, KL {row['kl_mean']:.3f}; same-norm random direction: "
+            f"shift {row['random_mean_shift']:+.2f} (towards the label {row['random_ratio']:+.0%}"
+            f" as much), KL {row['random_kl_mean']:.2f}"
         )
 
 
@@ -200,8 +209,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "steer", parents=[common], help="steering sweep: strengths x layers, with controls"
     )
     s.add_argument("--attribute", default="dialect", choices=sorted(POSITIVE_LABEL))
-    s.add_argument("--layers", default=None, help="e.g. 3,6,9 or 2-10 or all (default: 4 spread)")
-    s.add_argument("--strengths", default="-1,-0.5,-0.25,0.25,0.5,1")
+    s.add_argument(
+        "--layers", default=None, help="e.g. 3,6,9 or 2-10 or all (default: 40/60/80%% depth)"
+    )
+    s.add_argument("--strengths", default="-0.2,-0.1,0.1,0.2", help="x typical norm")
     s.add_argument("--method", default="mean_diff", choices=["mean_diff", "probe", "twin_pca"])
     s.add_argument("--kl-max", type=float, default=0.5, help="damage bound in nats")
     s.add_argument("--out", required=True)
