@@ -92,3 +92,24 @@ def current_rows(batch: int) -> Tensor:
     """The prompt indices of the current batch's rows (``0..batch-1`` if nobody declared them)."""
     rows = _BATCH_ROWS.get()
     return torch.arange(batch) if rows is None else rows
+
+
+# Real-token lengths of the prompts in the current batch when the forward also carries a
+# continuation (scoring "prompt + answer" in one pass): interventions then keep counting
+# positions from the prompt's end, not from the end of the answer.
+_PROMPT_LENGTHS: ContextVar[Tensor | None] = ContextVar("probes_prompt_lengths", default=None)
+
+
+@contextmanager
+def prompt_lengths(lengths: Sequence[int]) -> Iterator[None]:
+    """Declare how many leading real tokens of each batch row are the prompt."""
+    token = _PROMPT_LENGTHS.set(torch.as_tensor(list(lengths), dtype=torch.long))
+    try:
+        yield
+    finally:
+        _PROMPT_LENGTHS.reset(token)
+
+
+def declared_prompt_lengths() -> Tensor | None:
+    """The lengths declared by :func:`prompt_lengths`, if any."""
+    return _PROMPT_LENGTHS.get()

@@ -11,7 +11,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from probes.batching import batch_rows, collate, encode, length_sorted_batches, pad_token_id
+from probes.batching import (
+    batch_rows,
+    collate,
+    encode,
+    length_sorted_batches,
+    pad_token_id,
+    prompt_lengths,
+)
 from probes.models import LoadedModel
 
 
@@ -43,7 +50,7 @@ def continuation_logprobs(
         batch = collate([full[i] for i in idx], pad_token_id(tok), "left", model.device)
         keep = max(len(cont_ids[i]) for i in idx) + 1
         rows = idx if prompt_rows is None else [prompt_rows[i] for i in idx]
-        with batch_rows(rows):
+        with batch_rows(rows), prompt_lengths([len(prompt_ids[i]) for i in idx]):
             logits = model.hf_model(**batch.model_kwargs(), logits_to_keep=keep).logits
         logprobs = torch.log_softmax(logits.double(), dim=-1)
         for row, i in enumerate(idx):

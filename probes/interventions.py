@@ -32,6 +32,7 @@ from probes.batching import (
     batch_rows,
     collate,
     current_rows,
+    declared_prompt_lengths,
     encode,
     length_sorted_batches,
     pad_token_id,
@@ -83,6 +84,9 @@ class _StepTracker:
             real = torch.ones(b, q, dtype=torch.bool, device=x.device)
             total = torch.full((b,), past + q, device=x.device)
         generation = past > 0
+        declared = declared_prompt_lengths()
+        if not generation and declared is not None and len(declared) == b:
+            total = declared.to(x.device)  # the rest of the row is a scored continuation
         if not generation or self.prompt_length is None or len(self.prompt_length) != b:
             self.prompt_length = total
         self.step = StepInfo(generation, token_index, real, self.prompt_length)

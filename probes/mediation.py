@@ -329,25 +329,10 @@ def default_prompts(model: LoadedModel, items: Sequence[Any]) -> list[str]:
     raise ProbesError("twins must be prompts (str) or BehaviorItems, or pass prompts=...")
 
 
-def _check_single_token(model: LoadedModel, items: Sequence[Any]) -> None:
-    """Patching is only sound when the metric reads the prompt's own last-position logits."""
-    from probes.datasets import multi_token_answers
-
-    bad = multi_token_answers(items, model.tokenizer)
-    if bad:
-        item_id, answer = bad[0]
-        raise ProbesError(
-            f"answer {answer!r} of {item_id!r} is not one token for {model.name}: multi-token "
-            f"answers are scored on a longer input, which a last-token mediator cannot follow "
-            f"({len(bad)} such answers)"
-        )
-
-
 def answer_log_odds(model: LoadedModel, items: Sequence[Any]) -> Float[Tensor, " n"]:
     """log p(positive answer set) - log p(negative set) after each behaviour item's prompt."""
     from probes.behavior import behavior_log_odds
 
-    _check_single_token(model, items)
     return behavior_log_odds(model, items).float()
 
 
@@ -356,7 +341,6 @@ def positive_answer_logprob(model: LoadedModel, items: Sequence[Any]) -> Float[T
     from probes.behavior import answer_set_logprobs
     from probes.datasets import render_behavior
 
-    _check_single_token(model, items)
     prompts = render_behavior(items, tokenizer=model.tokenizer)
     return answer_set_logprobs(model, prompts, [[it.answers[it.positive]] for it in items])[
         :, 0

@@ -238,3 +238,29 @@ def test_bad_arguments_are_one_line_errors(tiny_gemma):
     with pytest.raises(ProbesError, match="out of range"), steer(tiny_gemma, far, 1.0):
         pass
     assert _no_hooks_left(tiny_gemma)
+
+
+def test_prompt_coordinates_ignore_a_scored_continuation(tiny_gemma):
+    """Scoring "prompt + answer" in one pass: position -1 is still the prompt's last token."""
+    from probes.behavior import continuation_logprobs
+
+    name = "blocks.1.hook_out"
+    seen, changed = [], []
+
+    def before(acts, hook):
+        seen.append(acts.detach().clone())
+
+    def after(acts, hook):
+        changed.append((acts - seen[len(changed)]).abs().sum(-1) > 0)
+
+    prompts = ["Hello there", "Hi"]
+    answers = [" friend", " you all"]
+    with (
+        tiny_gemma.bridge.hooks(fwd_hooks=[(name, before)]),
+        steer(tiny_gemma, _direction(tiny_gemma, 1), 3.0, positions=[-1]),
+        tiny_gemma.bridge.hooks(fwd_hooks=[(name, after)]),
+    ):
+        continuation_logprobs(tiny_gemma, prompts, answers, batch_size=1)
+    ids = [encode(tiny_gemma.tokenizer, [p])[0] for p in prompts]
+    for hit, prompt_ids in zip(changed, sorted(ids, key=len, reverse=True), strict=True):
+        assert hit.nonzero()[:, 1].tolist() == [len(prompt_ids) - 1]
