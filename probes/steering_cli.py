@@ -45,7 +45,8 @@ def directions_for(
         raise ProbesError(f"steering needs a behaviour attribute: {', '.join(POSITIVE_LABEL)}")
     source, target = POSITIVE_LABEL[attribute]
     dataset = load_dataset(DATASET_FOR[attribute], size=size)
-    store = extract_dataset(model, dataset, layers=layers, position="last")
+    # every layer, so the store is the one the probes stage already extracted (a cache hit)
+    store = extract_dataset(model, dataset, layers="all", position="last")
     return [fit_direction(store, layer, method, source, target) for layer in layers]
 
 
