@@ -28,7 +28,7 @@ def _layers(text: str | None, n_layers: int) -> list[int]:
 
     if text is None:
         return sorted(
-            {max(0, min(n_layers - 1, round(n_layers * f))) for f in (0.2, 0.4, 0.6, 0.8)}
+            {max(0, min(n_layers - 1, round(n_layers * f))) for f in (0.4, 0.6, 0.8)}
         )
     return parse_layers(text, n_layers)
 
