@@ -52,7 +52,7 @@ class InterventionStageConfig:
     layers: str = "auto"  # "auto": layers at 40%, 60%, 80% of the depth; or "3,6,9", "2-10"
     strengths: tuple[float, ...] = (-0.2, -0.1, 0.1, 0.2)
     kl_max: float = 0.5
-    patch_layers: str = "all"
+    patch_layers: str = "auto"  # "auto": every 2nd layer of 18 (fractions of depth), or "all"
     erase_layer: str = "auto"  # "auto": the steering layer with the best in-bounds flip rate
     erase_band: int = 4
 
@@ -62,7 +62,7 @@ class MediationStageConfig:
     """The IP paper's three case studies as mediation analyses."""
 
     cases: tuple[str, ...] = ("dialect", "proficiency", "echo_chamber")
-    layers: str = "auto"  # "auto": every 3rd layer, the last, and the best-classifying one
+    layers: str = "auto"  # "auto": 1/3, 1/2, 2/3, 5/6 of the depth and the last layer
     pairs: int | None = 12  # twin pairs per case (None: all)
     n_boot: int = 1000
     n_perm: int = 1000
@@ -96,8 +96,12 @@ class RunConfig:
 
 
 QUICK_OVERRIDES = {"size": 160, "n_boot": 300}
-QUICK_INTERVENTIONS = {"strengths": (-0.2, 0.2), "layers": "11,14", "patch_layers": "0-17:3"}
-QUICK_MEDIATION = {"n_boot": 300, "n_perm": 1000, "layers": "9,12,17", "pairs": 8}
+QUICK_INTERVENTIONS = {
+    "strengths": (-0.2, 0.2),
+    "layers": "auto-small",
+    "patch_layers": "auto-small",
+}
+QUICK_MEDIATION = {"n_boot": 300, "n_perm": 1000, "layers": "auto-small", "pairs": 8}
 QUICK_AUDIT = {"max_items": 40, "n_boot": 300, "n_perm": 300}
 SECTIONS = {
     "probes": ProbeStageConfig,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from probes.datasets import load_behavior_items
 from probes.directions import fit_direction, fit_eraser
@@ -41,15 +42,16 @@ def probe_after_erasure(
         {k: row.get(k) for k in ("label", "group", "pair_id", "attribute", "text")}
         for row in store.table
     ]
-    stacked = np.stack([acts[layer_][:, 0].numpy() for layer_ in layers], axis=1)
+    erased_acts = np.stack([acts[layer_][:, 0].numpy() for layer_ in layers], axis=1)
+    original_acts = np.stack([store.get(layer_).numpy() for layer_ in layers], axis=1)
+    fits = {}
     with tempfile.TemporaryDirectory() as tmp:
-        import torch
-
-        erased = write_store(
-            Path(tmp) / "erased", {"resid_post": torch.as_tensor(stacked)}, table, layers=layers
-        )
-        after = fit_layerwise(erased, n_boot=n_boot, seed=seed, bow=False)
-    before = fit_layerwise(store, n_boot=n_boot, seed=seed, bow=False)
+        for name, values in (("before", original_acts), ("after", erased_acts)):
+            sub = write_store(
+                Path(tmp) / name, {"resid_post": torch.as_tensor(values)}, table, layers=layers
+            )
+            fits[name] = fit_layerwise(sub, n_boot=n_boot, seed=seed, bow=False)
+    before, after = fits["before"], fits["after"]
     before_rows = {r["layer"]: r for r in before.rows}
     rows = []
     for r in after.rows:

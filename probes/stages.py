@@ -17,10 +17,26 @@ def _say(message: str) -> None:
     print(f"[probes run] {message}", file=sys.stderr, flush=True)
 
 
-def _auto_layers(model: LoadedModel, text: str) -> list[int]:
-    from probes.steering_cli import _layers
+# Layer choices that scale with depth: fractions of the model's layers (the last layer is -1).
+AUTO_LAYERS: dict[str, dict[str, tuple[float, ...]]] = {
+    "steering": {"auto": (0.4, 0.6, 0.8), "auto-small": (0.6, 0.8)},
+    "patching": {
+        "auto": (*(i / 9 for i in range(9)), -1),
+        "auto-small": (0, 1 / 3, 0.5, 2 / 3, -1),
+    },
+    "mediation": {"auto": (1 / 3, 0.5, 2 / 3, 5 / 6, -1), "auto-small": (0.5, 2 / 3, -1)},
+}
 
-    return _layers(None if text == "auto" else text, model.n_layers)
+
+def _auto_layers(model: LoadedModel, text: str, kind: str = "steering") -> list[int]:
+    """``auto``/``auto-small`` as fractions of the depth, else a layer list like '3,6,9'."""
+    from probes.cache import parse_layers
+
+    n = model.n_layers
+    fractions = AUTO_LAYERS[kind].get(text)
+    if fractions is None:
+        return parse_layers(text, n)
+    return sorted({n - 1 if f < 0 else min(n - 1, round(n * f)) for f in fractions})
 
 
 def stage_interventions(
@@ -52,7 +68,7 @@ def stage_interventions(
         if best:
             chosen_layer = int(best["layer"])
     if "patching" in stages:
-        patch_layers = _auto_layers(model, cfg.patch_layers)
+        patch_layers = _auto_layers(model, cfg.patch_layers, "patching")
         _say(f"patching: {cfg.attribute}, {len(patch_layers)} layers")
         try:
             result["patching"] = run_patching(model, cfg.attribute, patch_layers, figures)[
@@ -85,7 +101,7 @@ def stage_mediation(model: LoadedModel, cfg: Any, out: Path) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for name in cfg.cases:
         case = case_study(name)
-        layers = None if cfg.layers == "auto" else _auto_layers(model, cfg.layers)
+        layers = _auto_layers(model, cfg.layers, "mediation")
         _say(f"mediation: {case.name} ({case.question})")
         payload, rows = analyse_case_study(
             model,

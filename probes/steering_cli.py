@@ -27,9 +27,7 @@ def _layers(text: str | None, n_layers: int) -> list[int]:
     from probes.cache import parse_layers
 
     if text is None:
-        return sorted(
-            {max(0, min(n_layers - 1, round(n_layers * f))) for f in (0.4, 0.6, 0.8)}
-        )
+        return sorted({max(0, min(n_layers - 1, round(n_layers * f))) for f in (0.4, 0.6, 0.8)})
     return parse_layers(text, n_layers)
 
 
