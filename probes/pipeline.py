@@ -203,9 +203,8 @@ def run_main_job(args: argparse.Namespace) -> int:
         convert_embedded()  # the one-off conversion, timed on its own
         seconds["one_off_conversion"] = round(time.perf_counter() - start, 1)
     model = load_model(config.model, device=config.device, dtype=config.dtype)
-    seconds["load_model"] = round(time.perf_counter() - start, 1) - seconds.get(
-        "one_off_conversion", 0.0
-    )
+    loaded = time.perf_counter() - start - seconds.get("one_off_conversion", 0.0)
+    seconds["load_model"] = round(loaded, 1)
     stages: dict[str, Any] = {}
     if "first_look" in config.stages:
         t = time.perf_counter()
