@@ -50,13 +50,13 @@ def plot_dose_response(result: SweepResult, metric_label: str = "answer log-odds
                     col=col,
                 )
     fig.add_hline(y=0, line={"color": "#888", "width": 1}, row=1, col=1)
-    fig.update_yaxes(type="log", row=1, col=2)
-    fig.update_xaxes(title_text=f"strength (x typical norm), towards {result.target}")
     title = (
         f"<b>Steering {result.attribute}</b> ({result.method}, {result.source} → {result.target});"
         " dotted: random direction, same norm"
     )
     _layout(fig, title, "", "", height=470)
+    fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_xaxes(title_text=f"strength (x typical norm), towards {result.target}")
     fig.update_layout(width=1000, font=FONT)
     return fig
 
