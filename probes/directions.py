@@ -206,16 +206,23 @@ def random_direction(like: Direction, seed: int = 0) -> Direction:
 
 
 def fit_eraser(
-    store: ActivationStore, layer: int, *, site: str = "resid_post", attribute: str = ""
+    store: ActivationStore,
+    layer: int,
+    *,
+    site: str = "resid_post",
+    attribute: str = "",
+    rows: Sequence[int] | None = None,
 ) -> Eraser:
-    """Fit LEACE (via ``concept-erasure``) on the store's activations and labels at ``layer``."""
+    """Fit LEACE (via ``concept-erasure``) on the store's activations and labels at ``layer``
+    (only on ``rows`` if given, e.g. to test the eraser on rows it never saw)."""
     from concept_erasure import LeaceFitter
 
-    labels = [str(x) for x in store.labels]
+    keep = list(range(len(store))) if rows is None else [int(r) for r in rows]
+    labels = [str(store.labels[r]) for r in keep]
     classes = sorted(set(labels))
     if len(classes) < 2:
         raise ProbesError("LEACE needs at least two label values")
-    x = store.get(layer, site).double()
+    x = store.get(layer, site).double()[torch.as_tensor(keep)]
     z = torch.zeros(len(labels), len(classes), dtype=torch.float64)
     z[torch.arange(len(labels)), torch.as_tensor([classes.index(c) for c in labels])] = 1.0
     eraser = LeaceFitter.fit(x, z).eraser

@@ -22,6 +22,15 @@ from probes.steering import log_odds_metric
 from probes.store import ActivationStore, write_store
 
 
+def split_families(groups: Sequence[Any]) -> tuple[list[int], list[int]]:
+    """Rows of every other template family (sorted by name) vs the rest: two disjoint halves."""
+    families = sorted({str(g) for g in groups})
+    first = set(families[::2])
+    a = [i for i, g in enumerate(groups) if str(g) in first]
+    b = [i for i, g in enumerate(groups) if str(g) not in first]
+    return a, b
+
+
 def probe_after_erasure(
     model: LoadedModel,
     store: ActivationStore,
@@ -31,19 +40,28 @@ def probe_after_erasure(
     n_boot: int = 200,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Erase at every position of ``layer`` (eraser fitted on ``store``), then fit fresh probes
-    on the last-token residual at ``layer`` and at ``later_layers`` (held-out template families)."""
-    eraser = fit_eraser(store, layer)
+    """Fit LEACE at ``layer`` on half of the template families, erase at every position of
+    that layer, and fit fresh probes (held-out families) on the *other* half's last-token
+    residual at ``layer`` and ``later_layers``, before and after erasure.
+
+    Splitting matters: an eraser fitted on every row makes the class means of a training fold
+    and its held-out fold opposite, so a cross-validated probe lands *below* chance. Also
+    reported: a probe trained and scored on the very rows the eraser was fitted on (LEACE's
+    guarantee: no linear classifier beats the constant one there).
+    """
+    fit_rows, test_rows = split_families(store.column("group"))
+    eraser = fit_eraser(store, layer, rows=fit_rows)
     layers = sorted({layer, *later_layers})
     prompts = store.texts  # the rendered prompts the store was extracted from
     with erase(model, eraser):
-        acts = record(model, prompts, layers, positions=[-1])
+        acts = record(model, [prompts[i] for i in test_rows], layers, positions=[-1])
     table = [
-        {k: row.get(k) for k in ("label", "group", "pair_id", "attribute", "text")}
-        for row in store.table
+        {k: store.table[i].get(k) for k in ("label", "group", "pair_id", "attribute", "text")}
+        for i in test_rows
     ]
     erased_acts = np.stack([acts[layer_][:, 0].numpy() for layer_ in layers], axis=1)
-    original_acts = np.stack([store.get(layer_).numpy() for layer_ in layers], axis=1)
+    index = torch.as_tensor(test_rows)
+    original_acts = np.stack([store.get(layer_)[index].numpy() for layer_ in layers], axis=1)
     fits = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, values in (("before", original_acts), ("after", erased_acts)):
@@ -70,7 +88,22 @@ def probe_after_erasure(
         "erased_layer": layer,
         "chance": after.majority_accuracy,
         "rows": rows,
+        "in_sample_accuracy_after": _in_sample_accuracy(model, store, eraser, fit_rows, layer),
+        "eraser_rows": len(fit_rows),
+        "test_rows": len(test_rows),
     }
+
+
+def _in_sample_accuracy(
+    model: LoadedModel, store: ActivationStore, eraser: Any, rows: list[int], layer: int
+) -> float:
+    """Training accuracy of a logistic probe on the erased rows the eraser was fitted on."""
+    from probes.linear import LinearProbe
+
+    x = eraser(store.get(layer)[torch.as_tensor(rows)].float())
+    labels = np.asarray([str(store.labels[i]) for i in rows])
+    probe = LinearProbe(C=1.0).fit(x, labels)
+    return float((probe.predict(x) == labels).mean())
 
 
 def _twin_effect(model: LoadedModel, pairs: list[tuple[Any, Any]]) -> np.ndarray:

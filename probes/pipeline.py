@@ -164,8 +164,9 @@ def print_intervention_summary(result: dict[str, Any]) -> None:
         first = erasure["rows"][0]
         band = erasure["band"]
         print(
-            f"erasure: LEACE at layer {erasure['erased_layer']} puts a fresh probe at "
-            f"{first['accuracy_after']:.3f} (chance {erasure['chance']:.3f}); with layers "
+            f"erasure: LEACE at layer {erasure['erased_layer']} puts a fresh probe on unseen "
+            f"families at {first['accuracy_after']:.3f} (chance {erasure['chance']:.3f}; "
+            f"in-sample {erasure['in_sample_accuracy_after']:.3f}); with layers "
             f"{band['band'][0]}-{band['band'][-1]} erased {band['remaining_erased']:.0%} of the "
             f"cue's effect remains, ablated {band['remaining_ablated']:.0%}"
         )

@@ -136,11 +136,14 @@ def _interventions(result: dict[str, Any]) -> list[Section]:
             Section(
                 title="Concept erasure (LEACE)",
                 reading=(
-                    f"LEACE fitted at layer {erasure['erased_layer']} and applied at every "
-                    "position there; fresh probes (held-out families) at that layer and later "
-                    f"ones. Chance is {erasure['chance']:.3f}. Then the cue's effect on the "
-                    f"answer with layers {band['band'][0]}-{band['band'][-1]} erased or with "
-                    "their mean-difference direction ablated: "
+                    f"LEACE fitted at layer {erasure['erased_layer']} on half of the template "
+                    "families and applied at every position there; fresh probes (held-out "
+                    "families) on the other half at that layer and later ones, before and "
+                    f"after. Chance is {erasure['chance']:.3f}; a probe trained on the rows the "
+                    "eraser was fitted on scores "
+                    f"{erasure['in_sample_accuracy_after']:.3f} on them. Then the cue's effect "
+                    f"on the answer with layers {band['band'][0]}-{band['band'][-1]} erased or "
+                    "with their mean-difference direction ablated: "
                     f"{band['remaining_erased']:.0%} and {band['remaining_ablated']:.0%} remain."
                 ),
                 table=tuple(erasure["rows"]),
