@@ -33,7 +33,7 @@ class ProbeStageConfig:
     attributes: tuple[str, ...] = PROBE_ATTRIBUTES
     size: int | None = None  # None: each dataset's default size
     seed: int = 0
-    layers: str = "all"
+    layers: str = "all"  # or "0,4,8", "6-12", "0-17:3", or "sparse" (every third and the last)
     position: str = "last"
     frame: str = "raw"
     batch_size: int = 16
@@ -95,11 +95,12 @@ class RunConfig:
         return asdict(self)
 
 
-QUICK_OVERRIDES = {"size": 160, "n_boot": 300}
+QUICK_OVERRIDES = {"size": 160, "n_boot": 300, "layers": "sparse"}
 QUICK_INTERVENTIONS = {
     "strengths": (-0.2, 0.2),
-    "layers": "auto-small",
+    "layers": "auto-tiny",
     "patch_layers": "auto-small",
+    "erase_band": 2,
 }
 QUICK_MEDIATION = {"n_boot": 300, "n_perm": 1000, "layers": "auto-small", "pairs": 8}
 QUICK_AUDIT = {"max_items": 40, "n_boot": 300, "n_perm": 300}

@@ -75,7 +75,10 @@ def stage_probes(model: Any, cfg: ProbeStageConfig, out: Path) -> dict[str, Any]
     from probes.probing import LayerwiseResult, fit_layerwise
 
     figures = out / "figures"
-    store_args = {"render_spec": RenderSpec(frame=cfg.frame), "layers": cfg.layers}
+    layers: Any = cfg.layers
+    if layers == "sparse":  # every third layer and the last: a quick look at the curve
+        layers = sorted({*range(0, model.n_layers, 3), model.n_layers - 1})
+    store_args = {"render_spec": RenderSpec(frame=cfg.frame), "layers": layers}
     store_args["batch_size"] = cfg.batch_size
 
     def probe(dataset: Any, **position: Any) -> LayerwiseResult:

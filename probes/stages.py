@@ -19,10 +19,10 @@ def _say(message: str) -> None:
 
 # Layer choices that scale with depth: fractions of the model's layers (the last layer is -1).
 AUTO_LAYERS: dict[str, dict[str, tuple[float, ...]]] = {
-    "steering": {"auto": (0.4, 0.6, 0.8), "auto-small": (0.6, 0.8)},
+    "steering": {"auto": (0.4, 0.6, 0.8), "auto-small": (0.6, 0.8), "auto-tiny": (0.8,)},
     "patching": {
         "auto": (*(i / 9 for i in range(9)), -1),
-        "auto-small": (0, 1 / 3, 0.5, 2 / 3, -1),
+        "auto-small": (0, 1 / 3, 2 / 3, -1),
     },
     "mediation": {"auto": (1 / 3, 0.5, 2 / 3, 5 / 6, -1), "auto-small": (0.5, 2 / 3, -1)},
 }
