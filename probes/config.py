@@ -72,7 +72,7 @@ class MediationStageConfig:
 class AuditStageConfig:
     """The persona audit and its three-tier report."""
 
-    max_items: int | None = None  # None: every utility and safety item
+    max_items: int | None = 24  # per item set, category-balanced; None: all 159 + 80 items
     policy: str | None = None  # a TOML policy file (tier 2)
     n_boot: int = 1000
     n_perm: int = 1000
@@ -99,11 +99,11 @@ QUICK_OVERRIDES = {"size": 160, "n_boot": 300, "layers": "sparse"}
 QUICK_INTERVENTIONS = {
     "strengths": (-0.2, 0.2),
     "layers": "auto-tiny",
-    "patch_layers": "auto-small",
+    "patch_layers": "auto-tiny",
     "erase_band": 2,
 }
-QUICK_MEDIATION = {"n_boot": 300, "n_perm": 1000, "layers": "auto-small", "pairs": 8}
-QUICK_AUDIT = {"max_items": 40, "n_boot": 300, "n_perm": 300}
+QUICK_MEDIATION = {"n_boot": 300, "n_perm": 1000, "layers": "auto-tiny", "pairs": 6}
+QUICK_AUDIT = {"max_items": 8, "n_boot": 300, "n_perm": 300}
 SECTIONS = {
     "probes": ProbeStageConfig,
     "interventions": InterventionStageConfig,

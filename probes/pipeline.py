@@ -232,6 +232,12 @@ def run_main_job(args: argparse.Namespace) -> int:
         t = time.perf_counter()
         stages["mediation"] = stage_mediation(model, config.mediation, out)
         seconds["mediation"] = round(time.perf_counter() - t, 1)
+    if "audit" in config.stages:
+        from probes.stages import stage_audit
+
+        t = time.perf_counter()
+        stages["audit"] = stage_audit(model, config.audit, out, stages)
+        seconds["audit"] = round(time.perf_counter() - t, 1)
     seconds["total"] = round(time.perf_counter() - start, 1)
     results = {
         "probes_version": __version__,

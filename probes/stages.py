@@ -23,8 +23,13 @@ AUTO_LAYERS: dict[str, dict[str, tuple[float, ...]]] = {
     "patching": {
         "auto": (*(i / 9 for i in range(9)), -1),
         "auto-small": (0, 1 / 3, 2 / 3, -1),
+        "auto-tiny": (1 / 3, 2 / 3),
     },
-    "mediation": {"auto": (1 / 3, 0.5, 2 / 3, 5 / 6, -1), "auto-small": (0.5, 2 / 3, -1)},
+    "mediation": {
+        "auto": (1 / 3, 0.5, 2 / 3, 5 / 6, -1),
+        "auto-small": (0.5, 2 / 3, -1),
+        "auto-tiny": (2 / 3, -1),
+    },
 }
 
 
@@ -116,3 +121,26 @@ def stage_mediation(model: LoadedModel, cfg: Any, out: Path) -> dict[str, Any]:
         save_figure(fig, out / "figures" / f"mediation_{case.name}")
         result[case.name] = payload
     return result
+
+
+def stage_audit(model: LoadedModel, cfg: Any, out: Path, earlier: dict[str, Any]) -> dict[str, Any]:
+    """The persona audit with mitigation and tiers; tier 3 shows what earlier stages measured."""
+    from probes.audit import run_audit
+
+    tailoring: dict[str, Any] = {}
+    steering = earlier.get("interventions", {}).get("steering")
+    if steering and steering["summary"].get("towards_target"):
+        tailoring["dialect_steering_flip_rate"] = steering["summary"]["towards_target"]["flip_rate"]
+    for name, payload in earlier.get("mediation", {}).items():
+        first = next(iter(payload["results"].values()))[0]
+        tailoring[f"{name}_total_effect"] = first["te"]["mean"]
+    _say(f"audit: {cfg.max_items or 'all'} items per set, policy {cfg.policy or 'default'}")
+    return run_audit(
+        model,
+        out,
+        max_items=cfg.max_items,
+        policy=cfg.policy,
+        n_boot=cfg.n_boot,
+        n_perm=cfg.n_perm,
+        tailoring=tailoring or None,
+    )
