@@ -96,12 +96,19 @@ def _plugin_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
         registrars.append(register_datasets)
     except ImportError:
         pass
+    from probes.audit_cli import register as register_audit
     from probes.cache_cli import register as register_cache
     from probes.mediation_cli import register as register_mediation
     from probes.probing_cli import register as register_probing
     from probes.steering_cli import register as register_steering
 
-    registrars += [register_cache, register_probing, register_steering, register_mediation]
+    registrars += [
+        register_cache,
+        register_probing,
+        register_steering,
+        register_mediation,
+        register_audit,
+    ]
     return registrars
 
 

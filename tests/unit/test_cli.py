@@ -47,7 +47,11 @@ def test_info_and_models_on_tiny(capsys):
 def test_run_on_tiny_model_writes_results_and_figures(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PROBES_HOME", str(tmp_path / "home"))
     config = tmp_path / "run.toml"
-    config.write_text('[probes]\nattributes = ["dialect_us_uk", "age"]\nsize = 48\nn_boot = 50\n')
+    config.write_text(
+        '[probes]\nattributes = ["dialect_us_uk", "age"]\nsize = 48\nn_boot = 50\n'
+        "[mediation]\npairs = 3\nn_boot = 50\nn_perm = 50\n"
+        "[audit]\nmax_items = 4\nn_boot = 50\nn_perm = 50\n"
+    )
     out = tmp_path / "run"
     args = ["run", "--model", "tiny-gemma3", "--config", str(config), "--out", str(out)]
     assert main(args) == 0
@@ -60,3 +64,11 @@ def test_run_on_tiny_model_writes_results_and_figures(tmp_path, capsys, monkeypa
     for name in ["probe_dialect", "probe_age", "probe_overview", "reading_vs_control_dialect"]:
         assert (out / "figures" / f"{name}.html").is_file()
     assert "best layer" in capsys.readouterr().out
+    # every later stage ran and the report holds a section for each
+    stages = results["stages"]
+    assert {"interventions", "mediation", "audit"} <= stages.keys()
+    assert stages["interventions"]["steering"]["sweep"]["rows"]
+    assert set(stages["mediation"]) == {"dialect", "proficiency", "echo_chamber"}
+    report = (out / "report.html").read_text()
+    for title in ("Probes:", "Steering dialect", "Mediation: dialect", "Concept erasure"):
+        assert title in report
