@@ -190,6 +190,28 @@ def print_mediation_summary(result: dict[str, Any]) -> None:
             )
 
 
+def print_audit_summary(audit: dict[str, Any]) -> None:
+    """PB with its interval, the permutation test, tier-1 flags and the mitigation."""
+    pb = audit["pb"]
+    flagged = [r["persona"] for r in audit["tier1"]["rows"] if r["flagged"]]
+    print(
+        f"\npersona audit ({audit['n_personas']} personas, {audit['n_utility_items']} questions, "
+        f"{audit['n_safety_items']} requests): PB {pb['estimate']:.3f} "
+        f"[{pb['low']:.3f}, {pb['high']:.3f}]; does the persona matter? permutation p "
+        f"{audit['permutation_p']['safety_log_odds']:.3g} (safety), "
+        f"{audit['permutation_p']['utility_margin']:.3g} (utility); "
+        f"tier 1 flags {len(flagged)}: {', '.join(flagged) or 'none'}"
+    )
+    mitigation = audit.get("mitigation")
+    if mitigation:
+        after = mitigation["pb_after"]["pb"]
+        print(
+            f"  mitigation (persona directions ablated at layers {mitigation['layers']}): PB -> "
+            f"{after['estimate']:.3f}; utility {mitigation['utility_change']['estimate']:+.3f}; "
+            f"KL on neutral text {mitigation['neutral_kl']:.3f} nats"
+        )
+
+
 def run_main_job(args: argparse.Namespace) -> int:
     from probes.config import load_config
     from probes.models import load_model
@@ -272,6 +294,8 @@ def run_main_job(args: argparse.Namespace) -> int:
         print_intervention_summary(stages["interventions"])
     if "mediation" in stages:
         print_mediation_summary(stages["mediation"])
+    if "audit" in stages:
+        print_audit_summary(stages["audit"])
     print(
         f"\nresults in {out / 'results.json'}, figures in {out / 'figures'} ({seconds['total']} s)"
     )
