@@ -52,7 +52,7 @@ class InterventionStageConfig:
     layers: str = "auto"  # "auto": layers at 40%, 60%, 80% of the depth; or "3,6,9", "2-10"
     strengths: tuple[float, ...] = (-0.2, -0.1, 0.1, 0.2)
     kl_max: float = 0.5
-    patch_layers: str = "auto"  # "auto": every 2nd layer of 18 (fractions of depth), or "all"
+    patch_layers: str = "auto"  # "auto": every 3rd layer and the last (fractions of depth); "all"
     erase_layer: str = "auto"  # "auto": the steering layer with the best in-bounds flip rate
     erase_band: int = 4
 
@@ -72,7 +72,7 @@ class MediationStageConfig:
 class AuditStageConfig:
     """The persona audit and its three-tier report."""
 
-    max_items: int | None = 24  # per item set, category-balanced; None: all 159 + 80 items
+    max_items: int | None = 20  # per item set, category-balanced; None: all 159 + 80 items
     policy: str | None = None  # a TOML policy file (tier 2)
     n_boot: int = 1000
     n_perm: int = 1000

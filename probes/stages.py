@@ -21,7 +21,7 @@ def _say(message: str) -> None:
 AUTO_LAYERS: dict[str, dict[str, tuple[float, ...]]] = {
     "steering": {"auto": (0.4, 0.6, 0.8), "auto-small": (0.6, 0.8), "auto-tiny": (0.8,)},
     "patching": {
-        "auto": (*(i / 9 for i in range(9)), -1),
+        "auto": (*(i / 6 for i in range(6)), -1),
         "auto-small": (0, 1 / 3, 2 / 3, -1),
         "auto-tiny": (1 / 3, 2 / 3),
     },
