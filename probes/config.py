@@ -95,7 +95,7 @@ class RunConfig:
         return asdict(self)
 
 
-QUICK_OVERRIDES = {"size": 160, "n_boot": 300, "layers": "sparse"}
+QUICK_OVERRIDES = {"size": 160, "n_boot": 300, "layers": "sparse", "folds": 3}
 QUICK_INTERVENTIONS = {
     "strengths": (-0.2, 0.2),
     "layers": "auto-tiny",
