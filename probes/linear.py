@@ -14,8 +14,6 @@ ill-conditioning of residual-stream activations, which is what makes plain L-BFG
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,12 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
-from safetensors.torch import load as safetensors_load
-from safetensors.torch import save as safetensors_save
 from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import Tensor
 
-from probes.atomic import atomic_write_bytes, atomic_write_json
+from probes.artifacts import load_artifact, save_artifact
 from probes.errors import ProbesError
 
 FORMAT = "probes.FittedProbe"
@@ -415,13 +411,6 @@ def predict_proba_batched(
 # --------------------------------------------------------------------------------------------
 
 
-def _paths(path: str | Path) -> tuple[Path, Path]:
-    path = Path(path)
-    if path.suffix in (".safetensors", ".json"):
-        path = path.with_suffix("")
-    return Path(f"{path}.safetensors"), Path(f"{path}.json")
-
-
 @dataclass(frozen=True, eq=False)
 class FittedProbe:
     """A fitted logistic probe: logits are ``(x - mean) / scale @ weight^T + bias``.
@@ -471,42 +460,20 @@ class FittedProbe:
 
     def save(self, path: str | Path) -> tuple[Path, Path]:
         """Write ``path.safetensors`` (tensors) and ``path.json`` (the rest), each atomically."""
-        tensor_path, json_path = _paths(path)
-        tensors = {
-            name: getattr(self, name).detach().cpu().contiguous()
-            for name in ("mean", "scale", "weight", "bias")
-        }
-        blob = safetensors_save(tensors)
-        atomic_write_bytes(tensor_path, blob)
+        tensors = {name: getattr(self, name) for name in ("mean", "scale", "weight", "bias")}
         meta = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
             "classes": list(self.classes),
             "C": self.C,
             "layer": self.layer,
             "site": self.site,
             "attribute": self.attribute,
-            "tensors_sha256": hashlib.sha256(blob).hexdigest(),
         }
-        atomic_write_json(json_path, meta)
-        return tensor_path, json_path
+        return save_artifact(path, FORMAT, FORMAT_VERSION, tensors, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> FittedProbe:
         """Read a probe written by :meth:`save` (safetensors + JSON; never pickle)."""
-        tensor_path, json_path = _paths(path)
-        try:
-            meta = json.loads(json_path.read_text(encoding="utf-8"))
-            blob = tensor_path.read_bytes()
-        except (OSError, ValueError) as exc:
-            raise ProbesError(f"Cannot read probe {json_path.with_suffix('')}: {exc}.") from exc
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ProbesError(f"{json_path} is not a saved probe.")
-        if meta.get("version") != FORMAT_VERSION:
-            raise ProbesError(f"{json_path} has probe format {meta.get('version')!r}.")
-        if hashlib.sha256(blob).hexdigest() != meta.get("tensors_sha256"):
-            raise ProbesError(f"{tensor_path} does not match {json_path} (checksum differs).")
-        tensors = safetensors_load(blob)
+        tensors, meta = load_artifact(path, FORMAT, FORMAT_VERSION)
         return cls(
             classes=tuple(meta["classes"]),
             mean=tensors["mean"],

@@ -136,19 +136,10 @@ def print_intervention_summary(result: dict[str, Any]) -> None:
     """Steering, patching and erasure in a few lines."""
     steering = result.get("steering")
     if steering:
-        summary = steering["summary"]
-        print(f"\nsteering {result['attribute']} (mean KL on neutral text <= {summary['kl_max']}):")
-        for name in ("towards_target", "towards_source"):
-            row = summary.get(name)
-            if row is None:
-                print(f"  {name}: no strength stays within the KL bound")
-                continue
-            print(
-                f"  {name}: layer {row['layer']} strength {row['strength']:+g} flips "
-                f"{row['flip_rate']:.0%} of {row['flip_eligible']} items (KL {row['kl_mean']:.3f});"
-                f" a same-norm random direction moves it {row['random_ratio']:+.0%} as far "
-                f"towards the label (KL {row['random_kl_mean']:.2f})"
-            )
+        from probes.steering_cli import print_steering_summary
+
+        print(f"\nsteering {result['attribute']}:")
+        print_steering_summary(steering["summary"])
     patching = result.get("patching")
     if patching:
         import numpy as np

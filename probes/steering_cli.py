@@ -108,8 +108,8 @@ def run_steering(
     return payload
 
 
-def _print_summary(payload: dict[str, Any]) -> None:
-    summary = payload["summary"]
+def print_steering_summary(summary: dict[str, Any]) -> None:
+    """The best in-bounds setting each way, with its random control."""
     print(f"best in-bounds settings (mean KL on neutral text <= {summary['kl_max']} nats):")
     for name in ("towards_target", "towards_source"):
         row = summary.get(name)
@@ -141,7 +141,7 @@ def _handle_steer(args: argparse.Namespace) -> int:
         kl_max=args.kl_max,
     )
     atomic_write_json(out / "results.json", payload)
-    _print_summary(payload)
+    print_steering_summary(payload["summary"])
     print(f"results: {out / 'results.json'}")
     return 0
 
