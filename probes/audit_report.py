@@ -586,6 +586,17 @@ def audit_sections(result: dict[str, Any]) -> list[Section]:
         sections.append(_readout(result))
     if "mitigation" in result:
         sections.append(_mitigation(result))
+    else:
+        sections.append(
+            Section(
+                title="Mitigation: not run",
+                reading=(
+                    "The mitigation re-scores every persona with the persona directions ablated, "
+                    "which doubles the audit's cost; this run skipped it (probes run --quick "
+                    "does). Run without --quick, or set [audit] mitigation = true, to measure it."
+                ),
+            )
+        )
     sections.append(_persona_table(result))
     return sections
 

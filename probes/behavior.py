@@ -65,20 +65,32 @@ def continuation_logprobs(
 
 @torch.inference_mode()
 def greedy_continuations(
-    model: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 12
+    model: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 12, batch_size: int = 16
 ) -> list[str]:
-    """Greedy continuations, one prompt at a time (for qualitative reading)."""
-    outputs = []
-    for prompt in prompts:
-        ids = torch.as_tensor([encode(model.tokenizer, [prompt])[0]], device=model.device)
-        generated = model.hf_model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad_token_id(model.tokenizer),
-        )
-        outputs.append(model.tokenizer.decode(generated[0, ids.shape[1] :]))
+    """Greedy continuations (for qualitative reading), batched with left padding.
+
+    Each text ends at the first end-of-sequence token (kept, as a lone generate would)."""
+    tok = model.tokenizer
+    prompt_ids = encode(tok, prompts)
+    eos = model.hf_model.generation_config.eos_token_id
+    if eos is None:
+        eos = tok.eos_token_id
+    stops = set(eos if isinstance(eos, list) else [eos]) - {None}
+    outputs = [""] * len(prompts)
+    for idx in length_sorted_batches([len(s) for s in prompt_ids], batch_size):
+        batch = collate([prompt_ids[i] for i in idx], pad_token_id(tok), "left", model.device)
+        with batch_rows(idx):
+            generated = model.hf_model.generate(
+                batch.input_ids,
+                attention_mask=batch.attention_mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_token_id(tok),
+            )
+        for row, i in enumerate(idx):
+            new = generated[row, batch.input_ids.shape[1] :].tolist()
+            end = next((k + 1 for k, t in enumerate(new) if t in stops), len(new))
+            outputs[i] = tok.decode(new[:end])
     return outputs
 
 

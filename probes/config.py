@@ -74,6 +74,7 @@ class AuditStageConfig:
 
     max_items: int | None = 20  # per item set, category-balanced; None: all 159 + 80 items
     policy: str | None = None  # a TOML policy file (tier 2)
+    mitigation: bool = True  # re-run the audit with the persona directions ablated (2x cost)
     n_boot: int = 1000
     n_perm: int = 1000
 
@@ -103,7 +104,7 @@ QUICK_INTERVENTIONS = {
     "erase_band": 2,
 }
 QUICK_MEDIATION = {"n_boot": 300, "n_perm": 1000, "layers": "auto-tiny", "pairs": 6}
-QUICK_AUDIT = {"max_items": 8, "n_boot": 300, "n_perm": 300}
+QUICK_AUDIT = {"max_items": 8, "n_boot": 300, "n_perm": 300, "mitigation": False}
 SECTIONS = {
     "probes": ProbeStageConfig,
     "interventions": InterventionStageConfig,

@@ -44,21 +44,27 @@ def dialect_first_look(model: Any) -> dict[str, Any]:
     """Answer-set log-odds (UK clubs vs US teams) after UK- and US-cued twins of one prompt."""
     from probes.behavior import continuation_logprobs, greedy_continuations
 
+    prompts = [prompt for pair in DIALECT_PAIRS for prompt in pair]
+    answers = UK_TEAMS + US_TEAMS
+    lps = continuation_logprobs(
+        model, [p for p in prompts for _ in answers], [a for _ in prompts for a in answers]
+    ).reshape(len(prompts), len(answers))
+    log_odds = torch.logsumexp(lps[:, : len(UK_TEAMS)], 1) - torch.logsumexp(
+        lps[:, len(UK_TEAMS) :], 1
+    )
+    greedy = greedy_continuations(model, prompts, max_new_tokens=8)
     rows = []
-    for uk_prompt, us_prompt in DIALECT_PAIRS:
-        row: dict[str, Any] = {}
-        for cue, prompt in (("uk", uk_prompt), ("us", us_prompt)):
-            prompts = [prompt] * (len(UK_TEAMS) + len(US_TEAMS))
-            lps = continuation_logprobs(model, prompts, UK_TEAMS + US_TEAMS)
-            log_odds = torch.logsumexp(lps[: len(UK_TEAMS)], 0) - torch.logsumexp(
-                lps[len(UK_TEAMS) :], 0
-            )
-            row[cue] = {
-                "prompt": prompt,
-                "uk_vs_us_log_odds": float(log_odds),
-                "greedy": greedy_continuations(model, [prompt], max_new_tokens=8)[0],
+    for k in range(len(DIALECT_PAIRS)):
+        rows.append(
+            {
+                cue: {
+                    "prompt": prompts[2 * k + j],
+                    "uk_vs_us_log_odds": float(log_odds[2 * k + j]),
+                    "greedy": greedy[2 * k + j],
+                }
+                for j, cue in enumerate(("uk", "us"))
             }
-        rows.append(row)
+        )
     follows = sum(r["uk"]["uk_vs_us_log_odds"] > 0 > r["us"]["uk_vs_us_log_odds"] for r in rows)
     return {"pairs": rows, "pairs_where_answer_follows_cue": follows, "n_pairs": len(rows)}
 

@@ -143,4 +143,5 @@ def stage_audit(model: LoadedModel, cfg: Any, out: Path, earlier: dict[str, Any]
         n_boot=cfg.n_boot,
         n_perm=cfg.n_perm,
         tailoring=tailoring or None,
+        mitigation=cfg.mitigation,
     )

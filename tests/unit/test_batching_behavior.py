@@ -70,3 +70,13 @@ def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path):
     os.umask(mask)
     assert (path.stat().st_mode & 0o777) == (0o666 & ~mask)
     assert [p.name for p in path.parent.iterdir()] == ["f.txt"]  # no temporary left behind
+
+
+def test_batched_greedy_continuations_match_one_prompt_at_a_time(tiny_model):
+    from probes.behavior import greedy_continuations
+
+    prompts = ["Hello there, my", "The weather in the north of the country is", "Yes"]
+    batched = greedy_continuations(tiny_model, prompts, max_new_tokens=6, batch_size=3)
+    alone = [greedy_continuations(tiny_model, [p], max_new_tokens=6)[0] for p in prompts]
+    assert batched == alone
+    assert all(isinstance(t, str) and t for t in batched)

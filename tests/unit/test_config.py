@@ -12,6 +12,7 @@ def test_defaults_and_quick():
     assert config.model == "gemma-3-270m" and "probes" in config.stages
     quick = load_config(quick=True)
     assert quick.probes.size == QUICK_OVERRIDES["size"]
+    assert config.audit.mitigation and not quick.audit.mitigation  # quick skips the 2nd pass
 
 
 def test_toml_values_and_overrides(tmp_path):
@@ -33,6 +34,7 @@ def test_toml_values_and_overrides(tmp_path):
         ('[probes]\nattributes = ["astrology"]\n', "unknown dataset"),
         ("[probes]\nfolds = 1\n", "at least 2"),
         ("this is = = not toml", "not valid TOML"),
+        ('[audit]\nmitigation = "yes"\n', "audit.mitigation must be true or false"),
         ('[probes]\nattributes = ["age"]\nreading_attribute = "gender"\n', "reading_attribute"),
     ],
 )
