@@ -18,6 +18,7 @@ from probes.interventions import ablate, erase, record
 from probes.models import LoadedModel
 from probes.patching import twin_pairs
 from probes.probing import fit_layerwise
+from probes.resume import resume_from
 from probes.steering import log_odds_metric
 from probes.store import ActivationStore, write_store
 
@@ -124,14 +125,15 @@ def effect_under_band(
     """The cue's effect on the answer with the concept erased (LEACE) or its mean-difference
     direction ablated at every position of every layer in ``band``."""
     pairs = twin_pairs(load_behavior_items(attribute), base_cue, source_cue)
-    original = _twin_effect(model, pairs)
     erasers = [fit_eraser(store, layer) for layer in band]
-    with erase(model, erasers):
-        erased = _twin_effect(model, pairs)
     labels = sorted({str(x) for x in store.labels})
     directions = [fit_direction(store, layer, "mean_diff", labels[0], labels[1]) for layer in band]
-    with ablate(model, directions):
-        ablated = _twin_effect(model, pairs)
+    with resume_from(model, min(band)):  # the band's earlier layers run once, not three times
+        original = _twin_effect(model, pairs)
+        with erase(model, erasers):
+            erased = _twin_effect(model, pairs)
+        with ablate(model, directions):
+            ablated = _twin_effect(model, pairs)
     mean = float(original.mean())
     return {
         "band": list(band),

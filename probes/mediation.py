@@ -35,6 +35,7 @@ from probes.directions import Direction
 from probes.errors import ProbesError
 from probes.interventions import patch, record
 from probes.models import LoadedModel
+from probes.resume import resume_from
 
 if TYPE_CHECKING:
     from probes.store import ActivationStore
@@ -434,33 +435,38 @@ def mediate_many(
     all_layers = sorted({layer for b in bases.values() for layer in b})
     prompt_list, pos = _positions(model, prompts or default_prompts, xs, xps, positions)
     items = xs + xps
-    clean = _call_metric(metric, model, items)
-    recorded = record(
-        model, prompt_list, all_layers, site=site, positions=pos, batch_size=batch_size
-    )
-    out: dict[str, list[LayerMediation]] = {name: [] for name in mediators}
-    jobs = [(name, layer) for name, b in bases.items() for layer in b]
-    for name, layer in tqdm(jobs, desc="mediation", disable=not progress, leave=False):
-        basis = bases[name][layer]
-        swapped = torch.cat([recorded[layer][n:], recorded[layer][:n]])  # x <- M(x'), x' <- M(x)
-        with patch(model, {layer: swapped}, site=site, positions=pos, basis=basis):
-            patched = _call_metric(metric, model, items)
-        out[name].append(
-            summarize(
-                clean[:n],
-                clean[n:],
-                patched[:n],
-                patched[n:],
-                layer=layer,
-                site=site,
-                mediator=name,
-                rank=None if basis is None else int(torch.linalg.matrix_rank(basis.double())),
-                positions=pos,
-                n_boot=n_boot,
-                n_perm=n_perm,
-                seed=seed,
-            )
+    # the clean pass keeps the residual entering each layer; each patched pass then re-runs
+    # only the layers from its own on (the same numbers, fewer blocks)
+    with resume_from(model, all_layers):
+        clean = _call_metric(metric, model, items)
+        recorded = record(
+            model, prompt_list, all_layers, site=site, positions=pos, batch_size=batch_size
         )
+        out: dict[str, list[LayerMediation]] = {name: [] for name in mediators}
+        jobs = [(name, layer) for name, b in bases.items() for layer in b]
+        for name, layer in tqdm(jobs, desc="mediation", disable=not progress, leave=False):
+            basis = bases[name][layer]
+            swapped = torch.cat(
+                [recorded[layer][n:], recorded[layer][:n]]
+            )  # x <- M(x'), x' <- M(x)
+            with patch(model, {layer: swapped}, site=site, positions=pos, basis=basis):
+                patched = _call_metric(metric, model, items)
+            out[name].append(
+                summarize(
+                    clean[:n],
+                    clean[n:],
+                    patched[:n],
+                    patched[n:],
+                    layer=layer,
+                    site=site,
+                    mediator=name,
+                    rank=None if basis is None else int(torch.linalg.matrix_rank(basis.double())),
+                    positions=pos,
+                    n_boot=n_boot,
+                    n_perm=n_perm,
+                    seed=seed,
+                )
+            )
     return out
 
 

@@ -22,6 +22,7 @@ from probes.datasets import RenderSpec, render_behavior
 from probes.errors import ProbesError
 from probes.interventions import patch, record
 from probes.models import LoadedModel
+from probes.resume import resume_from
 from probes.steering import Metric, log_odds_metric
 
 
@@ -132,14 +133,20 @@ def patching_heatmap(
     values = record(model, source_prompts, layers, site=site, positions=None)
     restored = np.full((len(layers), len(columns)), np.nan)
     cells = [(i, j) for i in range(len(layers)) for j in range(len(columns))]
-    for i, j in tqdm(cells, desc="activation patching", disable=not progress):
-        layer, column = layers[i], columns[j]
-        if not masks[column].any():
-            continue
-        one = {layer: values[layer]}
-        with patch(model, one, site=site, positions=None, token_mask=masks[column]):
-            y = metric(model, base_items).numpy()
-        restored[i, j] = float((y - y_base).mean()) / total
+    bar = tqdm(total=len(cells), desc="activation patching", disable=not progress)
+    # a patch at a layer leaves the earlier ones alone: the first pass keeps the residual
+    # entering each patched layer, and each later pass starts from the latest one it may
+    with resume_from(model, layers):
+        for i, layer in enumerate(layers):
+            for j, column in enumerate(columns):
+                bar.update()
+                if not masks[column].any():
+                    continue
+                one = {layer: values[layer]}
+                with patch(model, one, site=site, positions=None, token_mask=masks[column]):
+                    y = metric(model, base_items).numpy()
+                restored[i, j] = float((y - y_base).mean()) / total
+    bar.close()
     return PatchingResult(
         layers=layers,
         site=site,

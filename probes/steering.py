@@ -24,6 +24,7 @@ from probes.directions import Direction, random_direction
 from probes.errors import ProbesError
 from probes.interventions import Scope, steer
 from probes.models import LoadedModel
+from probes.resume import resume_from
 
 Metric = Callable[[LoadedModel, Sequence[Any]], torch.Tensor]
 
@@ -109,47 +110,55 @@ def sweep(
     if not items:
         raise ProbesError("a sweep needs behaviour items")
     neutral = list(neutral) if neutral is not None else neutral_prompts()
-    baseline = metric(model, items).numpy()
-    reference = next_token_logprobs(model, neutral)
     first = directions[0]
-    result = SweepResult(
-        attribute=first.attribute,
-        method=first.method,
-        source=first.source,
-        target=first.target,
-        strengths=[float(s) for s in strengths],
-        layers=[d.layer for d in directions],
-        baseline=baseline,
-        scope=scope,
+    bar = tqdm(
+        total=len(directions) * 2 * sum(1 for s in strengths if s != 0),
+        desc=f"steering sweep ({first.attribute})",
+        disable=not progress,
     )
-    cells = [
-        (kind, d, float(s))
-        for d in directions
-        for kind in ("direction", "random")
-        for s in strengths
-        if s != 0
-    ]
-    bar = tqdm(cells, desc=f"steering sweep ({first.attribute})", disable=not progress)
-    for kind, direction, strength in bar:
-        vector = direction if kind == "direction" else random_direction(direction, control_seed)
-        with steer(model, vector, strength, scope=scope):
-            values = metric(model, items).numpy()
-            kl = kl_divergence(reference, next_token_logprobs(model, neutral)).numpy()
-        sign = 1 if strength > 0 else -1
-        rate, eligible = flip_rate(baseline, values, sign)
-        result.rows.append(
-            {
-                "kind": kind,
-                "layer": direction.layer,
-                "strength": strength,
-                "mean_metric": float(values.mean()),
-                "mean_shift": float((values - baseline).mean()),
-                "flip_rate": rate,
-                "flip_eligible": eligible,
-                "kl_mean": float(kl.mean()),
-                "kl_median": float(np.median(kl)),
-            }
+    # a cell changes its direction's layer and later ones only: the earlier layers run once
+    # per batch (the baseline pass keeps them), not once per cell
+    with resume_from(model, [d.layer for d in directions]):
+        baseline = metric(model, items).numpy()
+        reference = next_token_logprobs(model, neutral)
+        result = SweepResult(
+            attribute=first.attribute,
+            method=first.method,
+            source=first.source,
+            target=first.target,
+            strengths=[float(s) for s in strengths],
+            layers=[d.layer for d in directions],
+            baseline=baseline,
+            scope=scope,
         )
+        for direction in directions:
+            for kind in ("direction", "random"):
+                for strength in (float(s) for s in strengths if s != 0):
+                    vector = (
+                        direction
+                        if kind == "direction"
+                        else random_direction(direction, control_seed)
+                    )
+                    with steer(model, vector, strength, scope=scope):
+                        values = metric(model, items).numpy()
+                        kl = kl_divergence(reference, next_token_logprobs(model, neutral)).numpy()
+                    sign = 1 if strength > 0 else -1
+                    rate, eligible = flip_rate(baseline, values, sign)
+                    result.rows.append(
+                        {
+                            "kind": kind,
+                            "layer": direction.layer,
+                            "strength": strength,
+                            "mean_metric": float(values.mean()),
+                            "mean_shift": float((values - baseline).mean()),
+                            "flip_rate": rate,
+                            "flip_eligible": eligible,
+                            "kl_mean": float(kl.mean()),
+                            "kl_median": float(np.median(kl)),
+                        }
+                    )
+                    bar.update()
+    bar.close()
     return result
 
 
@@ -164,9 +173,10 @@ def damage_report(
     """Perplexity of neutral text with and without steering (full logits: run it once, not per
     sweep cell)."""
     texts = list(texts) if texts is not None else neutral_texts()
-    before = perplexity(model, texts)
-    with steer(model, direction, strength, scope=scope):
-        after = perplexity(model, texts)
+    with resume_from(model, direction.layer):
+        before = perplexity(model, texts)
+        with steer(model, direction, strength, scope=scope):
+            after = perplexity(model, texts)
     return {"perplexity_before": before, "perplexity_after": after, "ratio": after / before}
 
 
