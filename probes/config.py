@@ -55,6 +55,7 @@ class InterventionStageConfig:
     patch_layers: str = "auto"  # "auto": every 3rd layer and the last (fractions of depth); "all"
     erase_layer: str = "auto"  # "auto": the steering layer with the best in-bounds flip rate
     erase_band: int = 4
+    erase_test_rows: int | None = None  # fresh-probe rows after erasure (None: all held-out rows)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ QUICK_INTERVENTIONS = {
     "layers": "auto-tiny",
     "patch_layers": "auto-tiny",
     "erase_band": 2,
+    "erase_test_rows": 120,
 }
 QUICK_MEDIATION = {"n_boot": 300, "n_perm": 1000, "layers": "auto-tiny", "pairs": 6}
 QUICK_AUDIT = {"max_items": 8, "n_boot": 300, "n_perm": 300, "mitigation": False}
@@ -142,9 +144,10 @@ def _coerce(section: str, cls: type, values: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"{section}.{key} must be a positive number")
             value = float(value)
         elif default is None or isinstance(default, str):
-            if key in ("size", "max_items", "pairs") and not (isinstance(value, int) and value > 0):
+            counts = ("size", "max_items", "pairs", "erase_test_rows")
+            if key in counts and not (isinstance(value, int) and value > 0):
                 raise ConfigError(f"{section}.{key} must be a positive integer")
-            if key not in ("size", "max_items", "pairs") and not isinstance(value, str):
+            if key not in counts and not isinstance(value, str):
                 raise ConfigError(f"{section}.{key} must be a string")
         out[key] = value
     return out

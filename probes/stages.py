@@ -87,7 +87,7 @@ def stage_interventions(
         store = extract_dataset(model, load_dataset(DATASET_FOR[cfg.attribute]), layers="all")
         later = sorted({min(model.n_layers - 1, layer + k) for k in (1, 2, 4, 8)})
         _say(f"erasure: LEACE at layer {layer}, fresh probes at {sorted({layer, *later})}")
-        erasure = probe_after_erasure(model, store, layer, later)
+        erasure = probe_after_erasure(model, store, layer, later, max_test_rows=cfg.erase_test_rows)
         band = list(range(layer, min(model.n_layers, layer + cfg.erase_band)))
         base, source = POSITIVE_LABEL[cfg.attribute]
         _say(f"erasure: cue effect with layers {band} erased / ablated")

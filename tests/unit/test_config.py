@@ -35,6 +35,7 @@ def test_toml_values_and_overrides(tmp_path):
         ("[probes]\nfolds = 1\n", "at least 2"),
         ("this is = = not toml", "not valid TOML"),
         ('[audit]\nmitigation = "yes"\n', "audit.mitigation must be true or false"),
+        ("[interventions]\nerase_test_rows = 0\n", "erase_test_rows must be a positive"),
         ('[probes]\nattributes = ["age"]\nreading_attribute = "gender"\n', "reading_attribute"),
     ],
 )
