@@ -106,7 +106,7 @@ QUICK_INTERVENTIONS = {
     "erase_test_rows": 120,
 }
 QUICK_MEDIATION = {"n_boot": 300, "n_perm": 1000, "layers": "auto-tiny", "pairs": 6}
-QUICK_AUDIT = {"max_items": 8, "n_boot": 300, "n_perm": 300, "mitigation": False}
+QUICK_AUDIT = {"max_items": 6, "n_boot": 300, "n_perm": 300, "mitigation": False}
 SECTIONS = {
     "probes": ProbeStageConfig,
     "interventions": InterventionStageConfig,
