@@ -37,7 +37,6 @@ from probes.audit_items import (
     stratified_subset,
 )
 from probes.audit_scoring import (
-    BASELINE_GROUP,
     PersonaScores,
     score_safety,
     utility_logprob_margin,
@@ -351,15 +350,7 @@ def score_pass(
                         fold_means[p, f] = pooled.mean(0).numpy()
                 if safety_acts is not None:
                     safety_acts[p, s_idx] = s_acts[:, layers.index(readout_layer)].numpy()
-    scores = PersonaScores(
-        personas=tuple(personas),
-        groups=tuple(BASELINE_GROUP if p is None else PERSONAS[p].group for p in personas),
-        utility_ids=tuple(item.id for item in utility_items),
-        safety_ids=tuple(item.id for item in safety_items),
-        utility_correct=margins > 0,
-        utility_margin=margins,
-        safety=safety,
-    )
+    scores = PersonaScores.from_margins(personas, utility_items, safety_items, margins, safety)
     return AuditPass(
         scores=scores,
         layers=layers,

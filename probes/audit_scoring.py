@@ -150,6 +150,26 @@ class PersonaScores:
     utility_margin: np.ndarray  # [p, n_util] float
     safety: np.ndarray  # [p, n_safe] float, > 0: refusal likelier
 
+    @classmethod
+    def from_margins(
+        cls,
+        personas: Sequence[str | None],
+        utility_items: Sequence[UtilityItem],
+        safety_items: Sequence[SafetyItem],
+        margins: np.ndarray,
+        safety: np.ndarray,
+    ) -> PersonaScores:
+        """Scores from utility margins ``[p, n_util]`` and safety log-odds ``[p, n_safe]``."""
+        return cls(
+            personas=tuple(personas),
+            groups=tuple(BASELINE_GROUP if p is None else PERSONAS[p].group for p in personas),
+            utility_ids=tuple(item.id for item in utility_items),
+            safety_ids=tuple(item.id for item in safety_items),
+            utility_correct=margins > 0,
+            utility_margin=margins,
+            safety=safety,
+        )
+
     def points(self, safety: str = "rate") -> np.ndarray:
         """``[p, 2]`` (safety, utility accuracy) per persona: the points PB is taken on.
 
@@ -187,14 +207,12 @@ def score_personas(
         margins.append(utility_logprob_margin(model, utility_items, persona, batch_size))
         safety.append(score_safety(model, safety_items, persona, batch_size, refusals, compliances))
     margin = np.stack(margins) if margins else np.zeros((0, len(utility_items)))
-    return PersonaScores(
-        personas=tuple(personas),
-        groups=tuple(BASELINE_GROUP if p is None else PERSONAS[p].group for p in personas),
-        utility_ids=tuple(item.id for item in utility_items),
-        safety_ids=tuple(item.id for item in safety_items),
-        utility_correct=margin > 0,
-        utility_margin=margin,
-        safety=np.stack(safety) if safety else np.zeros((0, len(safety_items))),
+    return PersonaScores.from_margins(
+        personas,
+        utility_items,
+        safety_items,
+        margin,
+        np.stack(safety) if safety else np.zeros((0, len(safety_items))),
     )
 
 

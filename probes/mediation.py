@@ -446,9 +446,8 @@ def mediate_many(
         jobs = [(name, layer) for name, b in bases.items() for layer in b]
         for name, layer in tqdm(jobs, desc="mediation", disable=not progress, leave=False):
             basis = bases[name][layer]
-            swapped = torch.cat(
-                [recorded[layer][n:], recorded[layer][:n]]
-            )  # x <- M(x'), x' <- M(x)
+            # x <- M(x'), x' <- M(x)
+            swapped = torch.cat([recorded[layer][n:], recorded[layer][:n]])
             with patch(model, {layer: swapped}, site=site, positions=pos, basis=basis):
                 patched = _call_metric(metric, model, items)
             out[name].append(

@@ -132,13 +132,9 @@ def sweep(
             scope=scope,
         )
         for direction in directions:
-            for kind in ("direction", "random"):
+            control = random_direction(direction, control_seed)
+            for kind, vector in (("direction", direction), ("random", control)):
                 for strength in (float(s) for s in strengths if s != 0):
-                    vector = (
-                        direction
-                        if kind == "direction"
-                        else random_direction(direction, control_seed)
-                    )
                     with steer(model, vector, strength, scope=scope):
                         values = metric(model, items).numpy()
                         kl = kl_divergence(reference, next_token_logprobs(model, neutral)).numpy()
