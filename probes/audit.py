@@ -634,6 +634,7 @@ def fit_readout_probe(
     seed: int = 0,
     progress: bool = True,
     cache_root: str | Path | None = None,
+    size: int | None = None,
 ) -> tuple[Any, float]:
     """A linear probe for a built-in attribute at ``layer`` (last token, raw frame), and its
     accuracy on held-out template families (one 80/20 split by family).
@@ -646,7 +647,11 @@ def fit_readout_probe(
     from probes.linear import LinearProbe
 
     store = extract_dataset(
-        model, load_dataset(attribute), layers="all", progress=progress, cache_root=cache_root
+        model,
+        load_dataset(attribute, size=size),
+        layers="all",
+        progress=progress,
+        cache_root=cache_root,
     )
     X, y = store.get(layer).float(), np.asarray([str(v) for v in store.labels])
     families = np.asarray([str(g) for g in store.column("group")])
@@ -919,12 +924,14 @@ def run_audit(
     seed: int = 0,
     png: bool = True,
     cache_root: str | Path | None = None,
+    store_size: int | None = None,
 ) -> dict[str, Any]:
     """The persona audit end to end; writes its figures into ``out/figures``, returns a
     JSON-able dict (``audit_report.audit_sections`` turns it into report sections).
 
     ``max_items`` caps both item sets with a category-balanced subset (cost is about
     ``32 x 2 x max_items`` forward passes per pass; the mitigation adds a second pass).
+    ``store_size`` sets the examples of the read-out probes' stores (None: each dataset's own).
     """
     from probes.audit_report import write_audit_figures
 
@@ -971,7 +978,7 @@ def run_audit(
         t = time.perf_counter()
         for attribute in readout_attributes:
             probes[attribute] = fit_readout_probe(
-                model, attribute, layer, seed, progress, cache_root
+                model, attribute, layer, seed, progress, cache_root, size=store_size
             )
         result["readout"] = {"layer": layer, **readout(probes, scores, base.safety_acts)}
         seconds["readout"] = round(time.perf_counter() - t, 1)

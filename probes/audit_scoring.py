@@ -24,7 +24,7 @@ from probes.audit_items import (
     stratified_subset,
 )
 from probes.batching import encode
-from probes.behavior import answer_set_logprobs, continuation_logprobs, next_token_logprobs_at
+from probes.behavior import answer_set_logprobs, continuation_logprobs, next_token_logits_at
 from probes.datasets import PERSONAS
 from probes.models import LoadedModel
 
@@ -46,7 +46,7 @@ def choice_logprobs_for_prompts(
     """
     prompts, choices = _hoist_shared_space(model.tokenizer, prompts, choices)
     sets = [[[c] for c in row] for row in choices]
-    return answer_set_logprobs(model, prompts, sets, batch_size).numpy()
+    return answer_set_logprobs(model, prompts, sets, batch_size, relative=True).numpy()
 
 
 def utility_margins_for_prompts(
@@ -109,7 +109,7 @@ def safety_scores_for_prompts(
     ids = [model.tokenizer(o, add_special_tokens=False)["input_ids"] for o in openings]
     if all(len(i) == 1 for i in ids):  # one last-position pass per prompt scores them all
         per_token = torch.stack(
-            next_token_logprobs_at(model, prompts, [[i[0] for i in ids]] * len(prompts), batch_size)
+            next_token_logits_at(model, prompts, [[i[0] for i in ids]] * len(prompts), batch_size)
         )
     else:  # one pass per (prompt, opening)
         flat = continuation_logprobs(

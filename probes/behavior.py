@@ -115,16 +115,88 @@ def next_token_logprobs_at(
     return out
 
 
+# Architectures whose logits are exactly soft-cap(head(final hidden state)), the soft-cap only
+# where the config sets one; others always take the full-vocabulary path.
+PLAIN_HEAD_MODEL_TYPES = frozenset(
+    {"gemma", "gemma2", "gemma3", "gemma3_text", "gpt2", "llama", "mistral", "qwen2", "qwen3"}
+)
+
+
+def _output_head(model: LoadedModel) -> tuple[Tensor, Tensor | None, float | None] | None:
+    """The LM head as (weight [vocab, d], bias, logit soft-cap), or None when scoring a few
+    vocabulary rows by hand might not reproduce the model's logits (checked once per model)."""
+    if "output_head" in model.extra:
+        return model.extra["output_head"]
+    found: tuple[Tensor, Tensor | None, float | None] | None = None
+    config = model.hf_model.config
+    head = model.hf_model.get_output_embeddings()
+    inner = getattr(head, "_original_component", head)
+    weight, bias = getattr(inner, "weight", None), getattr(inner, "bias", None)
+    plain = getattr(config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
+    if plain and isinstance(weight, Tensor) and weight.shape[-1] == model.d_model:
+        bias = bias if isinstance(bias, Tensor) else None
+        hidden = torch.randn(2, model.d_model, generator=torch.Generator().manual_seed(0))
+        hidden = hidden.to(weight.device, weight.dtype)
+        with torch.inference_mode():
+            expected = inner(hidden)
+            mine = hidden @ weight.T + (bias if bias is not None else 0)
+        scale = float(expected.abs().max()) + 1e-6
+        if float((expected - mine).abs().max()) <= 1e-4 * scale:
+            found = (weight, bias, getattr(config, "final_logit_softcapping", None))
+    model.extra["output_head"] = found
+    return found
+
+
+@torch.inference_mode()
+def next_token_logits_at(
+    model: LoadedModel,
+    prompts: Sequence[str],
+    token_ids: Sequence[Sequence[int]],
+    batch_size: int = 16,
+) -> list[Float[Tensor, " k"]]:
+    """Logits of chosen next tokens after each prompt: their log-probabilities up to one
+    constant per prompt, so differences within a prompt are exact.
+
+    Only the chosen rows of the output embedding are multiplied, not the full-vocabulary head
+    (262k rows for Gemma, a quarter of a short forward pass). Hooks on the unembedding do not
+    fire. Models whose head is not a plain linear map (checked once) take the full path.
+    """
+    head = _output_head(model)
+    if head is None:
+        return next_token_logprobs_at(model, prompts, token_ids, batch_size)
+    weight, bias, cap = head
+    tok = model.tokenizer
+    prompt_ids = encode(tok, prompts)
+    out: list[Tensor] = [torch.empty(0)] * len(prompts)
+    for idx in length_sorted_batches([len(s) for s in prompt_ids], batch_size):
+        batch = collate([prompt_ids[i] for i in idx], pad_token_id(tok), "left", model.device)
+        with batch_rows(idx):
+            body = model.hf_model.base_model(**batch.model_kwargs())
+        hidden = body.last_hidden_state[:, -1]  # left padding: the last real token
+        for row, i in enumerate(idx):
+            rows = torch.as_tensor(list(token_ids[i]), dtype=torch.long, device=weight.device)
+            logits = weight[rows] @ hidden[row].to(weight.dtype)
+            if bias is not None:
+                logits = logits + bias[rows]
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            out[i] = logits.double().cpu()
+    return out
+
+
 def answer_set_logprobs(
     model: LoadedModel,
     prompts: Sequence[str],
     answer_sets: Sequence[Sequence[Sequence[str]]],
     batch_size: int = 16,
+    relative: bool = False,
 ) -> Float[Tensor, "n sets"]:
     """log sum_{a in set} p(a | prompt) for each prompt and each of its answer sets.
 
     Single-token answers share one last-position forward pass per prompt; multi-token answers
-    are scored whole with ``continuation_logprobs``.
+    are scored whole with ``continuation_logprobs``. ``relative=True`` allows the values to be
+    off by one constant per prompt (differences between sets stay exact): when every answer is
+    one token, that skips the full-vocabulary head (``next_token_logits_at``).
     """
     tok = model.tokenizer
     widths = {len(sets) for sets in answer_sets}
@@ -147,7 +219,8 @@ def answer_set_logprobs(
         single.append(ids)
         owner.append(owners)
     parts: list[list[list[Tensor]]] = [[[] for _ in range(n_sets)] for _ in prompts]
-    for i, lp in enumerate(next_token_logprobs_at(model, prompts, single, batch_size)):
+    scorer = next_token_logits_at if relative and not multi else next_token_logprobs_at
+    for i, lp in enumerate(scorer(model, prompts, single, batch_size)):
         for value, s in zip(lp, owner[i], strict=True):
             parts[i][s].append(value.reshape(1))
     if multi:
@@ -173,7 +246,7 @@ def behavior_log_odds(
 
     prompts = render_behavior(items, spec or RenderSpec(), tokenizer=model.tokenizer)
     sets = [(it.answers[it.positive], it.answers[it.negative]) for it in items]
-    scores = answer_set_logprobs(model, prompts, sets, batch_size)
+    scores = answer_set_logprobs(model, prompts, sets, batch_size, relative=True)
     return scores[:, 0] - scores[:, 1]
 
 
@@ -252,5 +325,6 @@ def multiple_choice_correct(
     batch_size: int = 16,
 ) -> np.ndarray:
     """Whether the correct choice has the highest log-probability, per prompt."""
-    scores = answer_set_logprobs(model, prompts, [[[c] for c in cs] for cs in choices], batch_size)
+    sets = [[[c] for c in cs] for cs in choices]
+    scores = answer_set_logprobs(model, prompts, sets, batch_size, relative=True)
     return scores.argmax(-1).numpy() == np.asarray(answers)

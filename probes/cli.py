@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", default=None, help="TOML config file")
     run.add_argument("--quick", action="store_true", help="small sizes, for a first look")
     run.add_argument("--out", default=None, help="run folder (default: runs/<timestamp>)")
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="recompute every stage instead of reusing the results of an earlier run with the "
+        "same inputs (activation stores are still reused)",
+    )
     run.set_defaults(func=_cmd_run)
 
     for register in _plugin_registrars():

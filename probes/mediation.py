@@ -683,11 +683,13 @@ def analyse_case_study(
     n_perm: int = 10_000,
     seed: int = 0,
     progress: bool = True,
+    store_size: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[LayerMediation]]]:
     """Mediation of one case study through the attribute subspace and/or the whole residual.
 
     The subspace at each layer is ``method``'s direction (x's cue -> x''s cue) fitted on the
-    probing dataset's store at that layer, unless ``directions`` are given. Without
+    probing dataset's store at that layer (``store_size`` examples; None: the dataset's
+    default), unless ``directions`` are given. Without
     ``layers``: every 3rd layer, the last, and the layer where that direction classifies best.
     Returns the JSON-able payload and the per-mediator results; writes and prints nothing.
     """
@@ -710,7 +712,7 @@ def analyse_case_study(
         subspace: MediatorSpec = list(directions)
     else:
         store = extract_dataset(
-            model, load_dataset(case.store_dataset), layers="all", position="last"
+            model, load_dataset(case.store_dataset, size=store_size), layers="all", position="last"
         )
         accuracy = direction_accuracy(
             store, store.layers, case.base_cue, case.counter_cue, seed=seed

@@ -15,6 +15,7 @@ import torch
 from probes import __version__
 from probes.atomic import atomic_write_json
 from probes.config import ProbeStageConfig
+from probes.stage_cache import StageRunner
 
 # A first look at implicit personalization: the same request with UK vs US cues, and whether the
 # model's favourite-team continuation follows the cue (the IP paper's case 1, Jin et al. 2024).
@@ -73,18 +74,67 @@ def _say(message: str) -> None:
     print(f"[probes run] {message}", file=sys.stderr, flush=True)
 
 
-def stage_probes(model: Any, cfg: ProbeStageConfig, out: Path) -> dict[str, Any]:
-    """Layer-wise probes with controls for every configured attribute, and their figures."""
+def stage_probes(model: Any, cfg: ProbeStageConfig, runner: StageRunner) -> dict[str, Any]:
+    """Layer-wise probes with controls for every configured attribute, and their figures.
+
+    Each attribute is its own cached unit, so adding one to the config redoes only that one."""
+    from dataclasses import asdict
+
+    from probes.cache import parse_layers
+    from probes.plots import plot_overview, save_figure
+    from probes.probing import LayerwiseResult
+
+    layers: list[int] | None = None  # None: every layer
+    if cfg.layers == "sparse":  # every third layer and the last: a quick look at the curve
+        layers = sorted({*range(0, model.n_layers, 3), model.n_layers - 1})
+    elif cfg.layers != "all":
+        layers = parse_layers(cfg.layers, model.n_layers)
+    settings = {**asdict(cfg), "layers": layers}
+    for unused in ("attributes", "reading_attribute"):
+        settings.pop(unused)
+    fitted: list[dict[str, Any]] = []
+    reading: dict[str, Any] | None = None
+    for name in cfg.attributes:
+        with_reading = name == cfg.reading_attribute
+        inputs = {"attribute": name, "reading_probe": with_reading, "settings": settings}
+        unit = runner.run(
+            f"probes: {name}",
+            "probes",
+            inputs,
+            lambda name=name, with_reading=with_reading: _probe_attribute(
+                model, cfg, layers, name, with_reading, runner.out / "figures"
+            ),
+        )
+        fitted.append(unit["result"])
+        reading = unit.get("reading") or reading
+    if fitted:
+        overview = plot_overview([LayerwiseResult.from_dict(r) for r in fitted])
+        save_figure(overview, runner.out / "figures" / "probe_overview")
+    return {
+        "results": {r["attribute"]: r for r in fitted},
+        "summary": [LayerwiseResult.from_dict(r).summary_row() for r in fitted],
+        "reading_probe": reading,
+    }
+
+
+def _probe_attribute(
+    model: Any,
+    cfg: ProbeStageConfig,
+    layers: list[int] | None,
+    name: str,
+    with_reading: bool,
+    figures: Path,
+) -> dict[str, Any]:
+    """Extract (or reuse) one attribute's store, fit its probes, draw its figures.
+
+    The store holds every layer whichever layers are probed: extraction runs the whole body
+    anyway, and the later stages (directions, erasure, mediation, audit read-out) reuse it."""
     from probes.cache import extract_dataset
     from probes.datasets import RenderSpec, load_dataset
-    from probes.plots import plot_layerwise, plot_overview, plot_reading_vs_control, save_figure
+    from probes.plots import plot_layerwise, plot_reading_vs_control, save_figure
     from probes.probing import LayerwiseResult, fit_layerwise
 
-    figures = out / "figures"
-    layers: Any = cfg.layers
-    if layers == "sparse":  # every third layer and the last: a quick look at the curve
-        layers = sorted({*range(0, model.n_layers, 3), model.n_layers - 1})
-    store_args = {"render_spec": RenderSpec(frame=cfg.frame), "layers": layers}
+    store_args = {"render_spec": RenderSpec(frame=cfg.frame), "layers": "all"}
     store_args["batch_size"] = cfg.batch_size
 
     def probe(dataset: Any, **position: Any) -> LayerwiseResult:
@@ -96,32 +146,24 @@ def stage_probes(model: Any, cfg: ProbeStageConfig, out: Path) -> dict[str, Any]
             n_boot=cfg.n_boot,
             seed=cfg.seed,
             attribute=dataset.attribute,
+            layers=layers,
         )
 
-    fitted: list[LayerwiseResult] = []
-    reading: dict[str, Any] | None = None
-    for name in cfg.attributes:
-        dataset = load_dataset(name, size=cfg.size, seed=cfg.seed)
-        _say(f"probes: {name} ({len(dataset)} examples)")
-        result = probe(dataset, position=cfg.position)
-        save_figure(plot_layerwise(result), figures / f"probe_{dataset.attribute}")
-        fitted.append(result)
-        if name == cfg.reading_attribute:
-            suffix = f" I think the {dataset.attribute.replace('_', ' ')} of this user is"
-            _say(f"probes: reading probe for {name} at the suffix {suffix!r}")
-            read = probe(dataset, position="suffix", suffix=suffix)
-            save_figure(
-                plot_reading_vs_control(read, result),
-                figures / f"reading_vs_control_{dataset.attribute}",
-            )
-            reading = {"suffix": suffix, "result": read.to_dict()}
-    if fitted:
-        save_figure(plot_overview(fitted), figures / "probe_overview")
-    return {
-        "results": {r.attribute: r.to_dict() for r in fitted},
-        "summary": [r.summary_row() for r in fitted],
-        "reading_probe": reading,
-    }
+    dataset = load_dataset(name, size=cfg.size, seed=cfg.seed)
+    _say(f"probes: {name} ({len(dataset)} examples)")
+    result = probe(dataset, position=cfg.position)
+    save_figure(plot_layerwise(result), figures / f"probe_{dataset.attribute}")
+    unit: dict[str, Any] = {"result": result.to_dict()}
+    if with_reading:
+        suffix = f" I think the {dataset.attribute.replace('_', ' ')} of this user is"
+        _say(f"probes: reading probe for {name} at the suffix {suffix!r}")
+        read = probe(dataset, position="suffix", suffix=suffix)
+        save_figure(
+            plot_reading_vs_control(read, result),
+            figures / f"reading_vs_control_{dataset.attribute}",
+        )
+        unit["reading"] = {"suffix": suffix, "result": read.to_dict()}
+    return unit
 
 
 def print_probe_summary(summary: list[dict[str, Any]]) -> None:
@@ -228,34 +270,56 @@ def run_main_job(args: argparse.Namespace) -> int:
     model = load_model(config.model, device=config.device, dtype=config.dtype)
     loaded = time.perf_counter() - start - seconds.get("one_off_conversion", 0.0)
     seconds["load_model"] = round(loaded, 1)
+    from dataclasses import asdict
+
+    from probes.models import probes_home
+    from probes.stage_cache import StageCache
+
+    cache = StageCache(probes_home() / "stages", reuse=not getattr(args, "fresh", False))
+    runner = StageRunner(cache, model.describe(), out, say=_say)
+    # Every stage reads the same stores (the probes stage's size, every layer, last token), so
+    # a run extracts each dataset once.
+    size = config.probes.size
     stages: dict[str, Any] = {}
     if "first_look" in config.stages:
         t = time.perf_counter()
-        stages["dialect_first_look"] = dialect_first_look(model)
+        stages["dialect_first_look"] = runner.run(
+            "first look", "first_look", {}, lambda: dialect_first_look(model)
+        )
         seconds["first_look"] = round(time.perf_counter() - t, 1)
     if "probes" in config.stages:
         t = time.perf_counter()
-        stages["probes"] = stage_probes(model, config.probes, out)
+        stages["probes"] = stage_probes(model, config.probes, runner)
         seconds["probes"] = round(time.perf_counter() - t, 1)
-    if any(s in config.stages for s in ("steering", "patching", "erasure")):
+    chosen = tuple(s for s in ("steering", "patching", "erasure") if s in config.stages)
+    if chosen:
         from probes.stages import stage_interventions
 
         t = time.perf_counter()
-        stages["interventions"] = stage_interventions(
-            model, config.interventions, out, config.stages
+        stages["interventions"] = runner.run(
+            "interventions",
+            "interventions",
+            {"settings": asdict(config.interventions), "parts": chosen, "store_size": size},
+            lambda: stage_interventions(model, config.interventions, out, config.stages, size),
         )
         seconds["interventions"] = round(time.perf_counter() - t, 1)
     if "mediation" in config.stages:
         from probes.stages import stage_mediation
 
         t = time.perf_counter()
-        stages["mediation"] = stage_mediation(model, config.mediation, out)
+        stages["mediation"] = stage_mediation(model, config.mediation, runner, size)
         seconds["mediation"] = round(time.perf_counter() - t, 1)
     if "audit" in config.stages:
-        from probes.stages import stage_audit
+        from probes.stages import audit_tailoring, stage_audit
 
         t = time.perf_counter()
-        stages["audit"] = stage_audit(model, config.audit, out, stages)
+        tailoring = audit_tailoring(stages)
+        stages["audit"] = runner.run(
+            "audit",
+            "audit",
+            {"settings": asdict(config.audit), "tailoring": tailoring, "store_size": size},
+            lambda: stage_audit(model, config.audit, out, tailoring, size),
+        )
         seconds["audit"] = round(time.perf_counter() - t, 1)
     seconds["total"] = round(time.perf_counter() - start, 1)
     results = {
@@ -267,6 +331,7 @@ def run_main_job(args: argparse.Namespace) -> int:
         "quick": bool(args.quick),
         "stages": stages,
         "seconds": seconds,
+        "reused": runner.reused,
     }
     atomic_write_json(out / "results.json", results)
     from probes.run_report import write_run_report

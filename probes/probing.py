@@ -57,6 +57,11 @@ class LayerwiseResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerwiseResult:
+        """The inverse of ``to_dict`` (also for a dict read back from JSON)."""
+        return cls(**{**data, "labels": tuple(data["labels"])})
+
     def best(self) -> dict[str, float]:
         return next(r for r in self.rows if r["layer"] == self.best_layer)
 
@@ -256,12 +261,18 @@ def fit_layerwise(
     control: bool = True,
     bow: bool = True,
     attribute: str | None = None,
+    layers: Sequence[int] | None = None,
 ) -> LayerwiseResult:
-    """Cross-validated probes at every stored layer of ``site``, with controls and baselines."""
+    """Cross-validated probes at every stored layer of ``site`` (or the listed ``layers``),
+    with controls and baselines."""
     classes, y = encode_labels(store.column(label_col))
     groups = store.column(group_col)
     splits = make_splits(y, groups if any(g is not None for g in groups) else None, n_folds, seed)
-    X = store.stack(site).transpose(0, 1).float().contiguous()  # [layers, n, d]
+    chosen = list(store.layers) if layers is None else sorted(set(layers))
+    missing = sorted(set(chosen) - set(store.layers))
+    if missing:
+        raise ProbesError(f"layers {missing} are not in the store (it has {list(store.layers)})")
+    X = torch.stack([store.get(layer, site) for layer in chosen]).float()  # [layers, n, d]
     k = len(classes)
 
     oof = out_of_fold(_fit_predict(X, y, splits.train_masks, k, C, backend), splits.train_masks)
@@ -275,7 +286,7 @@ def fit_layerwise(
     correct = (oof.argmax(-1) == y[None, :]).astype(np.float64)  # [layers, n]
     low, high = bootstrap_interval(correct, n_boot=n_boot, seed=seed)
     rows = []
-    for i, layer in enumerate(store.layers):
+    for i, layer in enumerate(chosen):
         row: dict[str, float] = {"layer": layer, **classification_metrics(y, oof[i], k)}
         row["ci_low"], row["ci_high"] = float(low[i]), float(high[i])
         row["control_accuracy"] = float(control_acc[i])

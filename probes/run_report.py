@@ -181,6 +181,7 @@ def write_run_report(out: Path, results: dict[str, Any]) -> Path:
         "torch": results["torch"],
         "quick": results["quick"],
         "seconds": results["seconds"],
+        "reused from an earlier run": ", ".join(results.get("reused", [])) or "none",
         "config": results["config"],
     }
     title = f"probes run: {results['model']['name']}"

@@ -11,6 +11,7 @@ from typing import Any
 from probes.config import InterventionStageConfig
 from probes.errors import ProbesError
 from probes.models import LoadedModel
+from probes.stage_cache import StageRunner
 
 
 def _say(message: str) -> None:
@@ -45,9 +46,14 @@ def _auto_layers(model: LoadedModel, text: str, kind: str = "steering") -> list[
 
 
 def stage_interventions(
-    model: LoadedModel, cfg: InterventionStageConfig, out: Path, stages: tuple[str, ...]
+    model: LoadedModel,
+    cfg: InterventionStageConfig,
+    out: Path,
+    stages: tuple[str, ...],
+    store_size: int | None = None,
 ) -> dict[str, Any]:
-    """Steering sweep (with random controls), the patching heatmap and LEACE erasure."""
+    """Steering sweep (with random controls), the patching heatmap and LEACE erasure; the
+    directions and the eraser come from the attribute's store of ``store_size`` examples."""
     from probes.cache import extract_dataset
     from probes.datasets import load_dataset
     from probes.erasure import effect_under_band, probe_after_erasure
@@ -67,6 +73,7 @@ def stage_interventions(
             figures,
             method=cfg.method,
             kl_max=cfg.kl_max,
+            store_size=store_size,
         )
         result["steering"] = steering
         best = steering["summary"].get("towards_target")
@@ -84,7 +91,8 @@ def stage_interventions(
             result["patching_skipped"] = str(exc)
     if "erasure" in stages:
         layer = chosen_layer if cfg.erase_layer == "auto" else int(cfg.erase_layer)
-        store = extract_dataset(model, load_dataset(DATASET_FOR[cfg.attribute]), layers="all")
+        dataset = load_dataset(DATASET_FOR[cfg.attribute], size=store_size)
+        store = extract_dataset(model, dataset, layers="all")
         later = sorted({min(model.n_layers - 1, layer + k) for k in (1, 2, 4, 8)})
         _say(f"erasure: LEACE at layer {layer}, fresh probes at {sorted({layer, *later})}")
         erasure = probe_after_erasure(model, store, layer, later, max_test_rows=cfg.erase_test_rows)
@@ -96,37 +104,53 @@ def stage_interventions(
     return result
 
 
-def stage_mediation(model: LoadedModel, cfg: Any, out: Path) -> dict[str, Any]:
+def stage_mediation(
+    model: LoadedModel, cfg: Any, runner: StageRunner, store_size: int | None = None
+) -> dict[str, Any]:
     """The IP paper's case studies: TE, NIE, NDE per layer through the attribute direction and
-    through the whole last-token residual."""
+    through the whole last-token residual. Each case is its own cached unit."""
+    from dataclasses import asdict
+
+    settings = asdict(cfg)
+    settings.pop("cases")
+    result: dict[str, Any] = {}
+    for name in cfg.cases:
+        result[name] = runner.run(
+            f"mediation: {name}",
+            "mediation",
+            {"case": name, "settings": settings, "store_size": store_size},
+            lambda name=name: _mediation_case(model, cfg, name, runner.out, store_size),
+        )
+    return result
+
+
+def _mediation_case(
+    model: LoadedModel, cfg: Any, name: str, out: Path, store_size: int | None
+) -> dict[str, Any]:
     from probes.mediation import analyse_case_study, case_study
     from probes.mediation_plots import plot_mediation
     from probes.plots import save_figure
 
-    result: dict[str, Any] = {}
-    for name in cfg.cases:
-        case = case_study(name)
-        layers = _auto_layers(model, cfg.layers, "mediation")
-        _say(f"mediation: {case.name} ({case.question})")
-        payload, rows = analyse_case_study(
-            model,
-            case,
-            layers=layers,
-            pairs=cfg.pairs,
-            n_boot=cfg.n_boot,
-            n_perm=cfg.n_perm,
-            seed=0,
-        )
-        fig = plot_mediation(rows, title=f"{case.name}: mediation by layer", subtitle=case.question)
-        save_figure(fig, out / "figures" / f"mediation_{case.name}")
-        result[case.name] = payload
-    return result
+    case = case_study(name)
+    layers = _auto_layers(model, cfg.layers, "mediation")
+    _say(f"mediation: {case.name} ({case.question})")
+    payload, rows = analyse_case_study(
+        model,
+        case,
+        layers=layers,
+        pairs=cfg.pairs,
+        n_boot=cfg.n_boot,
+        n_perm=cfg.n_perm,
+        seed=0,
+        store_size=store_size,
+    )
+    fig = plot_mediation(rows, title=f"{case.name}: mediation by layer", subtitle=case.question)
+    save_figure(fig, out / "figures" / f"mediation_{case.name}")
+    return payload
 
 
-def stage_audit(model: LoadedModel, cfg: Any, out: Path, earlier: dict[str, Any]) -> dict[str, Any]:
-    """The persona audit with mitigation and tiers; tier 3 shows what earlier stages measured."""
-    from probes.audit import run_audit
-
+def audit_tailoring(earlier: dict[str, Any]) -> dict[str, Any] | None:
+    """What earlier stages measured of tailoring, for the audit's tier 3."""
     tailoring: dict[str, Any] = {}
     steering = earlier.get("interventions", {}).get("steering")
     if steering and steering["summary"].get("towards_target"):
@@ -134,6 +158,19 @@ def stage_audit(model: LoadedModel, cfg: Any, out: Path, earlier: dict[str, Any]
     for name, payload in earlier.get("mediation", {}).items():
         first = next(iter(payload["results"].values()))[0]
         tailoring[f"{name}_total_effect"] = first["te"]["mean"]
+    return tailoring or None
+
+
+def stage_audit(
+    model: LoadedModel,
+    cfg: Any,
+    out: Path,
+    tailoring: dict[str, Any] | None,
+    store_size: int | None = None,
+) -> dict[str, Any]:
+    """The persona audit with mitigation and tiers; tier 3 shows what earlier stages measured."""
+    from probes.audit import run_audit
+
     _say(f"audit: {cfg.max_items or 'all'} items per set, policy {cfg.policy or 'default'}")
     return run_audit(
         model,
@@ -142,6 +179,7 @@ def stage_audit(model: LoadedModel, cfg: Any, out: Path, earlier: dict[str, Any]
         policy=cfg.policy,
         n_boot=cfg.n_boot,
         n_perm=cfg.n_perm,
-        tailoring=tailoring or None,
+        tailoring=tailoring,
         mitigation=cfg.mitigation,
+        store_size=store_size,
     )

@@ -59,15 +59,17 @@ def run_steering(
     kl_max: float = 0.5,
     png: bool = True,
     progress: bool = True,
+    store_size: int | None = None,
 ) -> dict[str, Any]:
     """Sweep, pick the best in-bounds strength each way; figures and the chosen direction go
-    in ``out``; returns everything measured."""
+    in ``out``; returns everything measured. Directions come from the attribute's store of
+    ``store_size`` examples (None: the dataset's default)."""
     from probes.datasets import load_behavior_items, render_behavior
     from probes.plots import save_figure
     from probes.steering import damage_report, sample_generations, sweep
     from probes.steering_plots import plot_dose_response, plot_pareto
 
-    directions = directions_for(model, attribute, layers, method)
+    directions = directions_for(model, attribute, layers, method, size=store_size)
     items = load_behavior_items(attribute)
     result = sweep(model, directions, items, strengths, progress=progress)
     summary: dict[str, Any] = {"kl_max": kl_max}

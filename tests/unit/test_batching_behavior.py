@@ -80,3 +80,70 @@ def test_batched_greedy_continuations_match_one_prompt_at_a_time(tiny_model):
     alone = [greedy_continuations(tiny_model, [p], max_new_tokens=6)[0] for p in prompts]
     assert batched == alone
     assert all(isinstance(t, str) and t for t in batched)
+
+
+def _clear_head(model) -> None:
+    model.extra.pop("output_head", None)
+
+
+PROMPTS = ["I love the colour of autumn leaves. My team is", "Hello there", "a b c d e f g"]
+TOKEN_IDS = [[5, 17, 100, 200], [3, 9], [1, 2, 3]]
+
+
+def _differences(values):
+    return [v - v[0] for v in values]
+
+
+def test_subset_head_logits_differ_from_log_probs_by_one_constant_per_prompt(tiny_model):
+    from probes.behavior import _output_head, next_token_logits_at, next_token_logprobs_at
+
+    _clear_head(tiny_model)
+    assert _output_head(tiny_model) is not None  # both tiny models take the fast path
+    full = next_token_logprobs_at(tiny_model, PROMPTS, TOKEN_IDS)
+    fast = next_token_logits_at(tiny_model, PROMPTS, TOKEN_IDS)
+    for a, b in zip(_differences(full), _differences(fast), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    # and they are not log-probabilities themselves: the normaliser is skipped
+    assert not torch.allclose(full[0], fast[0])
+
+
+def test_subset_head_applies_the_logit_soft_cap(tiny_gemma):
+    from probes.behavior import next_token_logits_at, next_token_logprobs_at
+
+    config = tiny_gemma.hf_model.config
+    saved = config.final_logit_softcapping
+    try:
+        config.final_logit_softcapping = 0.5  # tiny enough to bend every logit
+        _clear_head(tiny_gemma)
+        full = next_token_logprobs_at(tiny_gemma, PROMPTS, TOKEN_IDS)
+        fast = next_token_logits_at(tiny_gemma, PROMPTS, TOKEN_IDS)
+        assert float(fast[0].abs().max()) <= 0.5
+        for a, b in zip(_differences(full), _differences(fast), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    finally:
+        config.final_logit_softcapping = saved
+        _clear_head(tiny_gemma)
+
+
+def test_unknown_architectures_take_the_full_head(tiny_gpt2, monkeypatch):
+    from probes import behavior
+
+    monkeypatch.setattr(behavior, "PLAIN_HEAD_MODEL_TYPES", frozenset())
+    _clear_head(tiny_gpt2)
+    try:
+        assert behavior._output_head(tiny_gpt2) is None
+        full = behavior.next_token_logprobs_at(tiny_gpt2, PROMPTS, TOKEN_IDS)
+        fallback = behavior.next_token_logits_at(tiny_gpt2, PROMPTS, TOKEN_IDS)
+        for a, b in zip(full, fallback, strict=True):
+            assert torch.equal(a, b)
+    finally:
+        _clear_head(tiny_gpt2)
+
+
+def test_log_odds_are_the_same_with_or_without_the_full_head(tiny_gemma):
+    from probes.behavior import answer_set_logprobs
+
+    sets = [[["a", "b"], ["c"]], [["d"], ["e", "f"]], [["g"], ["h"]]]
+    full = answer_set_logprobs(tiny_gemma, PROMPTS, sets)
+    relative = answer_set_logprobs(tiny_gemma, PROMPTS, sets, relative=True)
+    torch.testing.assert_close(full[:, 0] - full[:, 1], relative[:, 0] - relative[:, 1])

@@ -63,6 +63,20 @@ def test_torch_and_sklearn_backends_agree(tmp_path):
         assert abs(a["accuracy"] - b["accuracy"]) <= 0.01
 
 
+def test_probing_chosen_layers_gives_those_rows_of_the_full_fit(tmp_path):
+    store = synthetic_store(tmp_path / "s")
+    full = fit_layerwise(store, n_boot=50, bow=False)
+    some = fit_layerwise(store, n_boot=50, bow=False, layers=[3, SIGNAL_LAYER])
+    assert [r["layer"] for r in some.rows] == [SIGNAL_LAYER, 3]
+    for row in some.rows:
+        reference = next(r for r in full.rows if r["layer"] == row["layer"])
+        for key in ("accuracy", "control_accuracy", "ci_low", "ci_high"):
+            assert row[key] == pytest.approx(reference[key], abs=1e-9)
+    assert some.best_layer == SIGNAL_LAYER
+    with pytest.raises(ProbesError, match="not in the store"):
+        fit_layerwise(store, layers=[LAYERS])
+
+
 def test_shuffled_labels_sit_at_chance(tmp_path):
     store = synthetic_store(tmp_path / "s")
     labels = store.column("label")
