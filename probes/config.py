@@ -97,7 +97,7 @@ class RunConfig:
         return asdict(self)
 
 
-QUICK_OVERRIDES = {"size": 160, "n_boot": 300, "layers": "sparse", "folds": 3}
+QUICK_OVERRIDES = {"size": 128, "n_boot": 300, "layers": "sparse", "folds": 3}
 QUICK_INTERVENTIONS = {
     "strengths": (-0.2, 0.2),
     "layers": "auto-tiny",
@@ -106,7 +106,7 @@ QUICK_INTERVENTIONS = {
     "erase_test_rows": 120,
 }
 QUICK_MEDIATION = {"n_boot": 300, "n_perm": 1000, "layers": "auto-tiny", "pairs": 6}
-QUICK_AUDIT = {"max_items": 6, "n_boot": 300, "n_perm": 300, "mitigation": False}
+QUICK_AUDIT = {"max_items": 4, "n_boot": 300, "n_perm": 300, "mitigation": False}
 SECTIONS = {
     "probes": ProbeStageConfig,
     "interventions": InterventionStageConfig,

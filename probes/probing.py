@@ -275,13 +275,19 @@ def fit_layerwise(
     X = torch.stack([store.get(layer, site) for layer in chosen]).float()  # [layers, n, d]
     k = len(classes)
 
-    oof = out_of_fold(_fit_predict(X, y, splits.train_masks, k, C, backend), splits.train_masks)
+    masks = splits.train_masks
     control_acc = np.full(X.shape[0], np.nan)
     if control:
-        shuffled = _shuffled_within_folds(y, splits.train_masks, seed)
-        control_proba = _fit_predict(X, y, splits.train_masks, k, C, backend, shuffled)
-        control_oof = out_of_fold(control_proba, splits.train_masks)
+        # The probe and its control task are fitted as one batch of independent problems
+        # (the folds twice: true labels, then labels shuffled within each training fold).
+        shuffled = _shuffled_within_folds(y, masks, seed)
+        both = np.concatenate([np.broadcast_to(y, shuffled.shape), shuffled])
+        proba = _fit_predict(X, y, np.concatenate([masks, masks]), k, C, backend, both)
+        oof = out_of_fold(proba[:, : len(masks)], masks)
+        control_oof = out_of_fold(proba[:, len(masks) :], masks)
         control_acc = (control_oof.argmax(-1) == y[None, :]).mean(-1)
+    else:
+        oof = out_of_fold(_fit_predict(X, y, masks, k, C, backend), masks)
 
     correct = (oof.argmax(-1) == y[None, :]).astype(np.float64)  # [layers, n]
     low, high = bootstrap_interval(correct, n_boot=n_boot, seed=seed)
