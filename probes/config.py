@@ -56,6 +56,7 @@ class InterventionStageConfig:
     erase_layer: str = "auto"  # "auto": the steering layer with the best in-bounds flip rate
     erase_band: int = 4
     erase_test_rows: int | None = None  # fresh-probe rows after erasure (None: all held-out rows)
+    damage_and_samples: bool = True  # perplexity and greedy samples under the chosen steering
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ QUICK_INTERVENTIONS = {
     "patch_layers": "auto-tiny",
     "erase_band": 2,
     "erase_test_rows": 120,
+    "damage_and_samples": False,
 }
 QUICK_MEDIATION = {"n_boot": 300, "n_perm": 1000, "layers": "auto-tiny", "pairs": 6}
 QUICK_AUDIT = {"max_items": 4, "n_boot": 300, "n_perm": 300, "mitigation": False}

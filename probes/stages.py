@@ -74,6 +74,7 @@ def stage_interventions(
             method=cfg.method,
             kl_max=cfg.kl_max,
             store_size=store_size,
+            damage_and_samples=cfg.damage_and_samples,
         )
         result["steering"] = steering
         best = steering["summary"].get("towards_target")

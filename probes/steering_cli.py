@@ -60,10 +60,12 @@ def run_steering(
     png: bool = True,
     progress: bool = True,
     store_size: int | None = None,
+    damage_and_samples: bool = True,
 ) -> dict[str, Any]:
     """Sweep, pick the best in-bounds strength each way; figures and the chosen direction go
     in ``out``; returns everything measured. Directions come from the attribute's store of
-    ``store_size`` examples (None: the dataset's default)."""
+    ``store_size`` examples (None: the dataset's default). ``damage_and_samples=False`` skips
+    the perplexity of neutral text and the greedy generations under the chosen setting."""
     from probes.datasets import load_behavior_items, render_behavior
     from probes.plots import save_figure
     from probes.steering import damage_report, sample_generations, sweep
@@ -94,6 +96,7 @@ def run_steering(
     if chosen:
         direction = next(d for d in directions if d.layer == chosen["layer"])
         direction.save(out / f"direction_{attribute}_layer{direction.layer}")
+    if chosen and damage_and_samples:
         damage = damage_report(model, direction, chosen["strength"])
         prompts = render_behavior(items[:4], tokenizer=model.tokenizer)
         s = chosen["strength"]

@@ -13,6 +13,7 @@ def test_defaults_and_quick():
     quick = load_config(quick=True)
     assert quick.probes.size == QUICK_OVERRIDES["size"]
     assert config.audit.mitigation and not quick.audit.mitigation  # quick skips the 2nd pass
+    assert config.interventions.damage_and_samples and not quick.interventions.damage_and_samples
 
 
 def test_toml_values_and_overrides(tmp_path):
@@ -35,6 +36,10 @@ def test_toml_values_and_overrides(tmp_path):
         ("[probes]\nfolds = 1\n", "at least 2"),
         ("this is = = not toml", "not valid TOML"),
         ('[audit]\nmitigation = "yes"\n', "audit.mitigation must be true or false"),
+        (
+            "[interventions]\ndamage_and_samples = 1\n",
+            "interventions.damage_and_samples must be true or false",
+        ),
         ("[interventions]\nerase_test_rows = 0\n", "erase_test_rows must be a positive"),
         ('[probes]\nattributes = ["age"]\nreading_attribute = "gender"\n', "reading_attribute"),
     ],
