@@ -98,7 +98,13 @@ class RunConfig:
         return asdict(self)
 
 
-QUICK_OVERRIDES = {"size": 128, "n_boot": 300, "layers": "sparse", "folds": 3}
+QUICK_OVERRIDES = {
+    "size": 128,
+    "n_boot": 300,
+    "layers": "sparse",
+    "folds": 3,
+    "reading_attribute": None,
+}
 QUICK_INTERVENTIONS = {
     "strengths": (-0.2, 0.2),
     "layers": "auto-tiny",
@@ -186,8 +192,10 @@ def load_config(
         and probes.reading_attribute not in probes.attributes
     ):
         probes = replace(probes, reading_attribute=None)  # the default only applies when probed
-    if quick:
-        probes = replace(probes, **QUICK_OVERRIDES)
+    if quick:  # a config's own values win over --quick's sizes
+        probes = replace(
+            probes, **{k: v for k, v in QUICK_OVERRIDES.items() if k not in probe_values}
+        )
         for name, values in (
             ("interventions", QUICK_INTERVENTIONS),
             ("mediation", QUICK_MEDIATION),

@@ -5,6 +5,10 @@
    layer on. Both runs must give the same numbers; the script checks that they do.
 2. PNG export of the same figures by one-shot kaleido calls (a browser started per figure)
    and through one kept kaleido server (``probes.plots.png_bytes``).
+3. Answer-set log-odds of the dialect behaviour items through the full 262k-row head and
+   through only the answer tokens' rows (``probes.behavior.next_token_logits_at``), in a
+   whole pass and in a pass resumed at ``--head-layer`` (as a sweep cell runs).
+4. A probe and its shuffled-label control fitted as two L-BFGS batches and as one.
 
     python scripts/bench_run_parts.py --model gemma-3-270m --layers 7,11,14 --figures 6
 """
@@ -82,12 +86,82 @@ def bench_png(n_figures: int) -> list[str]:
     ]
 
 
+def bench_head(model: Any, layer: int) -> list[str]:
+    from probes.behavior import behavior_log_odds
+    from probes.datasets import load_behavior_items
+    from probes.resume import resume_from
+
+    items = load_behavior_items("dialect")
+
+    def timed(full_head: bool, resumed: bool) -> tuple[Any, float]:
+        model.extra.pop("output_head", None)
+        if full_head:
+            model.extra["output_head"] = None  # as for a model the fast path does not know
+        context = resume_from(model, layer) if resumed else contextlib.nullcontext()
+        with context:
+            if resumed:
+                behavior_log_odds(model, items)  # the pass that keeps the residual
+            start = time.perf_counter()
+            scores = behavior_log_odds(model, items)
+            return scores, time.perf_counter() - start
+
+    lines = []
+    for resumed in (False, True):
+        full, t_full = timed(True, resumed)
+        rows, t_rows = timed(False, resumed)
+        where = f"a pass resumed at layer {layer}" if resumed else "a whole pass"
+        gap = float((full - rows).abs().max())
+        lines += [
+            f"| dialect log-odds ({len(items)} items), {where}, full head "
+            f"| {t_full:.2f} s | 1.00x |",
+            f"| same, answer-token rows only (max diff {gap:.1e}) | {t_rows:.2f} s | "
+            f"**{t_full / t_rows:.2f}x** |",
+        ]
+    model.extra.pop("output_head", None)
+    return lines
+
+
+def bench_control(model: Any, dataset: str) -> list[str]:
+    from probes.cache import extract_dataset
+    from probes.datasets import load_dataset
+    from probes.probing import _fit_predict as fit_predict
+    from probes.probing import _shuffled_within_folds, encode_labels, make_splits, out_of_fold
+
+    store = extract_dataset(model, load_dataset(dataset), layers="all", progress=False)
+    _, y = encode_labels(store.column("label"))
+    masks = make_splits(y, store.column("group"), 5, 0).train_masks
+    X = store.stack().transpose(0, 1).float().contiguous()
+    k = int(y.max()) + 1
+    shuffled = _shuffled_within_folds(y, masks, 0)
+    start = time.perf_counter()
+    apart = fit_predict(X, y, masks, k, 1.0, "torch")
+    fit_predict(X, y, masks, k, 1.0, "torch", shuffled)
+    t_apart = time.perf_counter() - start
+    start = time.perf_counter()
+    both = np.concatenate([np.broadcast_to(y, shuffled.shape), shuffled])
+    joint = fit_predict(X, y, np.concatenate([masks, masks]), k, 1.0, "torch", both)
+    t_joint = time.perf_counter() - start
+
+    def accuracy(proba: np.ndarray) -> np.ndarray:
+        return (out_of_fold(proba, masks).argmax(-1) == y[None, :]).mean(-1)
+
+    gap = float(np.abs(accuracy(apart) - accuracy(joint[:, : len(masks)])).max())
+    return [
+        f"| probe + control, {dataset}, {X.shape[0]} layers x {len(masks)} folds, two batches "
+        f"| {t_apart:.1f} s | 1.00x |",
+        f"| same, one batch (largest per-layer accuracy difference {gap:.3f}) | {t_joint:.1f} s "
+        f"| **{t_apart / t_joint:.2f}x** |",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gemma-3-270m", help="model spec (default: embedded)")
     parser.add_argument("--layers", default="7,11,14", help="steering layers (comma-separated)")
     parser.add_argument("--strengths", default="-0.2,0.2", help="steering strengths")
     parser.add_argument("--figures", type=int, default=6, help="figures to export as PNG")
+    parser.add_argument("--head-layer", type=int, default=14, help="layer the resumed pass starts")
+    parser.add_argument("--store", default="dialect_us_uk", help="dataset for the probe fits")
     args = parser.parse_args()
 
     from probes.models import load_model
@@ -97,7 +171,9 @@ def main() -> None:
     strengths = [float(x) for x in args.strengths.split(",")]
     print(f"model {model.name}: {model.n_layers} layers, torch threads {_threads()}\n")
     print("| what | time | speed-up |\n|---|---:|---:|")
-    for line in bench_sweep(model, layers, strengths) + bench_png(args.figures):
+    lines = bench_sweep(model, layers, strengths) + bench_png(args.figures)
+    lines += bench_head(model, args.head_layer) + bench_control(model, args.store)
+    for line in lines:
         print(line)
 
 

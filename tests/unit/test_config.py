@@ -16,6 +16,15 @@ def test_defaults_and_quick():
     assert config.interventions.damage_and_samples and not quick.interventions.damage_and_samples
 
 
+def test_a_config_value_wins_over_quick(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[probes]\nsize = 300\nreading_attribute = "dialect_us_uk"\n')
+    quick = load_config(path, quick=True)
+    assert quick.probes.size == 300 and quick.probes.reading_attribute == "dialect_us_uk"
+    assert quick.probes.folds == QUICK_OVERRIDES["folds"]  # what the file leaves out is quick
+    assert load_config(quick=True).probes.reading_attribute is None
+
+
 def test_toml_values_and_overrides(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text(
