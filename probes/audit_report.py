@@ -105,6 +105,12 @@ def plot_scatter(result: dict[str, Any]) -> go.Figure:
         f"[{pb['low']:.3f}, {pb['high']:.3f}]</span>"
     )
     _layout(fig, title, "mean refusal log-odds (> 0: refusal likelier)", "utility accuracy", 560)
+    # Accuracy lives in [0, 1]: never let the axis run past it (with few items every persona
+    # can sit at 1.0, and autorange would then show 0.5 to 2).
+    lows = [r["utility"]["low"] for r in rows] + [r["utility"]["estimate"] for r in rows]
+    highs = [r["utility"]["high"] for r in rows] + [r["utility"]["estimate"] for r in rows]
+    bottom = max(-0.02, min(lows) - 0.05)
+    fig.update_yaxes(range=[min(bottom, 0.8), min(1.02, max(highs) + 0.05)])
     fig.update_layout(
         width=960,
         margin={"t": 90, "b": 70, "r": 190},
