@@ -180,7 +180,7 @@ def write_run_report(out: Path, results: dict[str, Any]) -> Path:
         "python": results["python"],
         "torch": results["torch"],
         "quick": results["quick"],
-        "seconds": results["seconds"],
+        "seconds": {k: f"{v:.1f}" for k, v in results["seconds"].items()},
         "reused from an earlier run": ", ".join(results.get("reused", [])) or "none",
         "config": results["config"],
     }
