@@ -1,4 +1,4 @@
-"""Benchmark the two things that made `probes run` fit its time budget, side by side.
+"""Benchmark the things that made `probes run` fit its time budget, side by side.
 
 1. A steering sweep (``probes.steering.sweep`` on the dialect behaviour items) with and without
    ``resume_from``: inside it, each steered pass re-runs only the layers from the steering
