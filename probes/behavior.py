@@ -142,7 +142,8 @@ def _output_head(model: LoadedModel) -> tuple[Tensor, Tensor | None, float | Non
             mine = hidden @ weight.T + (bias if bias is not None else 0)
         scale = float(expected.abs().max()) + 1e-6
         if float((expected - mine).abs().max()) <= 1e-4 * scale:
-            found = (weight, bias, getattr(config, "final_logit_softcapping", None))
+            text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+            found = (weight, bias, getattr(text_config, "final_logit_softcapping", None))
     model.extra["output_head"] = found
     return found
 
@@ -172,7 +173,7 @@ def next_token_logits_at(
         batch = collate([prompt_ids[i] for i in idx], pad_token_id(tok), "left", model.device)
         with batch_rows(idx):
             body = model.hf_model.base_model(**batch.model_kwargs())
-        hidden = body.last_hidden_state[:, -1]  # left padding: the last real token
+        hidden = body.last_hidden_state[:, -1].to(weight.device)  # left padding: last token
         for row, i in enumerate(idx):
             rows = torch.as_tensor(list(token_ids[i]), dtype=torch.long, device=weight.device)
             logits = weight[rows] @ hidden[row].to(weight.dtype)

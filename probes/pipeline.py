@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
+import json
 import platform
 import sys
 import time
@@ -276,7 +278,12 @@ def run_main_job(args: argparse.Namespace) -> int:
     from probes.stage_cache import StageCache
 
     cache = StageCache(probes_home() / "stages", reuse=not getattr(args, "fresh", False))
-    runner = StageRunner(cache, model.describe(), out, say=_say)
+    # the weights fingerprint does not cover the HF config (soft-cap, rope...): key on it too,
+    # but not on where the model folder is
+    hf_config = {k: v for k, v in model.hf_model.config.to_dict().items() if k != "_name_or_path"}
+    blob = json.dumps(hf_config, sort_keys=True, default=str).encode()
+    identity = {**model.describe(), "hf_config_sha256": hashlib.sha256(blob).hexdigest()}
+    runner = StageRunner(cache, identity, out, say=_say)
     # Every stage reads the same stores (the probes stage's size, every layer, last token), so
     # a run extracts each dataset once.
     size = config.probes.size

@@ -269,6 +269,8 @@ def fit_layerwise(
     groups = store.column(group_col)
     splits = make_splits(y, groups if any(g is not None for g in groups) else None, n_folds, seed)
     chosen = list(store.layers) if layers is None else sorted(set(layers))
+    if not chosen:
+        raise ProbesError("no layers to probe: name at least one")
     missing = sorted(set(chosen) - set(store.layers))
     if missing:
         raise ProbesError(f"layers {missing} are not in the store (it has {list(store.layers)})")

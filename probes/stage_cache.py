@@ -26,8 +26,9 @@ from probes.atomic import atomic_write_bytes, atomic_write_json
 
 FORMAT = "probes-stage-cache"
 VERSION = 1
-# Files the run itself writes after its stages; never part of a stage's entry.
-RUN_FILES = frozenset({"results.json", "report.html"})
+# Stages write their files under the run folder's figures/; only that folder is watched, so
+# an --out that holds other things (a cache, a virtualenv) never leaks into an entry.
+WATCHED = "figures"
 
 
 @cache
@@ -50,7 +51,8 @@ def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found: dict[str, str] = {}
-    for name in ("torch", "transformers", "transformer-lens", "numpy", "scikit-learn"):
+    names = ("torch", "transformers", "transformer-lens", "tokenizers", "numpy", "scipy")
+    for name in (*names, "scikit-learn", "plotly", "kaleido"):
         try:
             found[name] = version(name)
         except PackageNotFoundError:
@@ -58,14 +60,29 @@ def library_versions() -> dict[str, str]:
     return found
 
 
+def _png_available() -> bool:
+    from probes.plots import browser_for_png
+
+    return browser_for_png() is not None
+
+
 def model_identity(describe: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a model's describe() that numbers depend on (not where it lives on disk)."""
     return {k: v for k, v in describe.items() if k != "location"}
 
 
+# Strings that look like a path (a separator, or a suffix of the files a config may name) are
+# keyed by their file's content; names such as "dialect" or "auto" never are.
+PATH_SUFFIXES = frozenset({".jsonl", ".csv", ".json", ".toml", ".txt"})
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or "\\" in value or Path(value).suffix.lower() in PATH_SUFFIXES
+
+
 def _with_file_contents(value: Any) -> Any:
     """Replace strings that name an existing file by (name, sha256 of its bytes)."""
-    if isinstance(value, str) and value and len(value) < 4096:
+    if isinstance(value, str) and value and len(value) < 4096 and _looks_like_path(value):
         path = Path(value).expanduser()
         try:
             if path.is_file():
@@ -88,6 +105,7 @@ def stage_key(stage: str, inputs: Mapping[str, Any]) -> str:
         "stage": stage,
         "code": code_fingerprint(),
         "libraries": library_versions(),
+        "png": _png_available(),  # an entry made without a browser has no PNGs
         "inputs": _with_file_contents(dict(inputs)),
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
@@ -100,16 +118,16 @@ def as_json(result: Any) -> Any:
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime) of every file under the run folder, by relative path."""
+    """(size, mtime) of every file under the run folder's figures/, by path in the folder."""
     found: dict[str, tuple[int, int]] = {}
-    if not folder.exists():
+    watched = folder / WATCHED
+    if not watched.exists():
         return found
-    for path in folder.rglob("*"):
-        if path.is_file() and not path.name.startswith("."):
-            rel = path.relative_to(folder).as_posix()
-            if rel not in RUN_FILES:
-                stat = path.stat()
-                found[rel] = (stat.st_size, stat.st_mtime_ns)
+    for path in watched.rglob("*"):
+        rel = path.relative_to(folder)
+        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+            stat = path.stat()
+            found[rel.as_posix()] = (stat.st_size, stat.st_mtime_ns)
     return found
 
 
@@ -158,13 +176,16 @@ class StageCache:
             manifest = json.loads((entry / "manifest.json").read_text())
             if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
                 return None
-            result = json.loads((entry / "result.json").read_text())
-            blobs = {rel: (entry / "files" / rel).read_bytes() for rel in manifest["files"]}
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        for rel, sha in manifest["files"].items():
-            if hashlib.sha256(blobs[rel]).hexdigest() != sha:
+            files = dict(manifest["files"])
+            text = (entry / "result.json").read_bytes()
+            blobs = {rel: (entry / "files" / rel).read_bytes() for rel in files}
+            if hashlib.sha256(text).hexdigest() != manifest["result_sha256"]:
                 return None
+            if any(hashlib.sha256(blobs[rel]).hexdigest() != sha for rel, sha in files.items()):
+                return None
+            result = json.loads(text)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
         for rel, blob in blobs.items():
             atomic_write_bytes(out / rel, blob)
         return result
@@ -172,6 +193,7 @@ class StageCache:
     def _store(self, entry: Path, stage: str, result: Any, out: Path, written: list[str]) -> None:
         """Write the entry whole under a temporary name, then rename it into place."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self._sweep_leftovers()
         tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=self.root))
         try:
             files: dict[str, str] = {}
@@ -181,16 +203,35 @@ class StageCache:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(blob)
                 files[rel] = hashlib.sha256(blob).hexdigest()
-            atomic_write_json(tmp / "result.json", result)
-            manifest = {"format": FORMAT, "version": VERSION, "stage": stage, "files": files}
+            text = atomic_write_json(tmp / "result.json", result).read_bytes()
+            manifest = {
+                "format": FORMAT,
+                "version": VERSION,
+                "stage": stage,
+                "result_sha256": hashlib.sha256(text).hexdigest(),
+                "files": files,
+            }
             atomic_write_json(tmp / "manifest.json", manifest)
-            if entry.exists():  # a recompute (reuse=False) replaces the old entry
+            if entry.exists():  # a recompute (reuse=False) or a broken entry: replace it
                 old = entry.with_name(f".{entry.name}.old-{os.getpid()}")
                 os.replace(entry, old)
                 shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, entry)
         except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)  # another run stored it first: theirs stands
+            # another run renamed its entry into place between our check and our rename: the
+            # two hold the same result, so keep theirs and drop ours
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _sweep_leftovers(self, older_than_s: float = 86_400.0) -> None:
+        """Remove temporary folders that a killed run left behind (a day old or more)."""
+        import time
+
+        for path in self.root.glob(".*"):
+            try:
+                if path.is_dir() and time.time() - path.stat().st_mtime > older_than_s:
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                continue
 
 
 @dataclass

@@ -75,6 +75,8 @@ def test_probing_chosen_layers_gives_those_rows_of_the_full_fit(tmp_path):
     assert some.best_layer == SIGNAL_LAYER
     with pytest.raises(ProbesError, match="not in the store"):
         fit_layerwise(store, layers=[LAYERS])
+    with pytest.raises(ProbesError, match="no layers"):
+        fit_layerwise(store, layers=[])
 
 
 def test_shuffled_labels_sit_at_chance(tmp_path):

@@ -82,6 +82,44 @@ def test_a_named_file_is_keyed_by_its_content(tmp_path):
     assert stage_key("audit", {"policy": str(policy)}) != before
 
 
+def test_names_are_not_files_and_a_tampered_result_is_recomputed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = stage_key("mediation", {"case": "dialect", "layers": "auto"})
+    Path("dialect").write_text("a file that happens to share a name")
+    assert stage_key("mediation", {"case": "dialect", "layers": "auto"}) == before
+
+    cache = StageCache(tmp_path / "stages")
+    calls: list[str] = []
+    first = cache.run("demo", {}, tmp_path / "r", _writer(tmp_path / "r", "a", calls))
+    (cache.entry("demo", first.key) / "result.json").write_text('{"value": "forged"}\n')
+    again = cache.run("demo", {}, tmp_path / "s", _writer(tmp_path / "s", "b", calls))
+    assert not again.reused and again.result["value"] == "b"
+
+
+def test_only_the_run_folders_figures_go_into_an_entry(tmp_path):
+    cache = StageCache(tmp_path / "stages")
+
+    def compute() -> dict:
+        (tmp_path / "r" / "figures").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "r" / "figures" / "f.json").write_text("{}")
+        (tmp_path / "r" / "venv" / "lib").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "r" / "venv" / "lib" / "x.py").write_text("x = 1")
+        return {}
+
+    outcome = cache.run("demo", {}, tmp_path / "r", compute)
+    manifest = json.loads((cache.entry("demo", outcome.key) / "manifest.json").read_text())
+    assert list(manifest["files"]) == ["figures/f.json"]
+
+
+def test_an_entry_made_without_a_browser_is_not_reused_with_one(monkeypatch):
+    import probes.plots
+
+    monkeypatch.setattr(probes.plots, "browser_for_png", lambda: None)
+    without = stage_key("demo", {})
+    monkeypatch.setattr(probes.plots, "browser_for_png", lambda: "/usr/bin/chromium")
+    assert stage_key("demo", {}) != without
+
+
 def test_runner_keys_on_the_model_but_not_its_folder(tmp_path):
     calls: list[str] = []
     cache = StageCache(tmp_path / "stages")
