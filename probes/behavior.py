@@ -3,7 +3,7 @@ for every position (with a 262k vocabulary the head costs more than the body).""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,6 +12,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from probes.batching import (
+    Batch,
     batch_rows,
     collate,
     encode,
@@ -63,6 +64,17 @@ def continuation_logprobs(
     return out
 
 
+def _left_padded_batches(
+    model: LoadedModel, prompts: Sequence[str], batch_size: int
+) -> Iterator[tuple[list[int], Batch]]:
+    """Length-sorted, left-padded batches of the prompts (so position -1 is each prompt's last
+    token), with the caller's indices of their rows."""
+    tok = model.tokenizer
+    prompt_ids = encode(tok, prompts)
+    for idx in length_sorted_batches([len(s) for s in prompt_ids], batch_size):
+        yield idx, collate([prompt_ids[i] for i in idx], pad_token_id(tok), "left", model.device)
+
+
 @torch.inference_mode()
 def greedy_continuations(
     model: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 12, batch_size: int = 16
@@ -71,14 +83,12 @@ def greedy_continuations(
 
     Each text ends at the first end-of-sequence token (kept, as a lone generate would)."""
     tok = model.tokenizer
-    prompt_ids = encode(tok, prompts)
     eos = model.hf_model.generation_config.eos_token_id
     if eos is None:
         eos = tok.eos_token_id
     stops = set(eos if isinstance(eos, list) else [eos]) - {None}
     outputs = [""] * len(prompts)
-    for idx in length_sorted_batches([len(s) for s in prompt_ids], batch_size):
-        batch = collate([prompt_ids[i] for i in idx], pad_token_id(tok), "left", model.device)
+    for idx, batch in _left_padded_batches(model, prompts, batch_size):
         with batch_rows(idx):
             generated = model.hf_model.generate(
                 batch.input_ids,
@@ -102,11 +112,8 @@ def next_token_logprobs_at(
     batch_size: int = 16,
 ) -> list[Float[Tensor, " k"]]:
     """Log-probabilities of chosen next tokens after each prompt (last-position logits only)."""
-    tok = model.tokenizer
-    prompt_ids = encode(tok, prompts)
     out: list[Tensor] = [torch.empty(0)] * len(prompts)
-    for idx in length_sorted_batches([len(s) for s in prompt_ids], batch_size):
-        batch = collate([prompt_ids[i] for i in idx], pad_token_id(tok), "left", model.device)
+    for idx, batch in _left_padded_batches(model, prompts, batch_size):
         with batch_rows(idx):
             logits = model.hf_model(**batch.model_kwargs(), logits_to_keep=1).logits[:, -1]
         logprobs = torch.log_softmax(logits.double(), dim=-1).cpu()
@@ -166,11 +173,8 @@ def next_token_logits_at(
     if head is None:
         return next_token_logprobs_at(model, prompts, token_ids, batch_size)
     weight, bias, cap = head
-    tok = model.tokenizer
-    prompt_ids = encode(tok, prompts)
     out: list[Tensor] = [torch.empty(0)] * len(prompts)
-    for idx in length_sorted_batches([len(s) for s in prompt_ids], batch_size):
-        batch = collate([prompt_ids[i] for i in idx], pad_token_id(tok), "left", model.device)
+    for idx, batch in _left_padded_batches(model, prompts, batch_size):
         with batch_rows(idx):
             body = model.hf_model.base_model(**batch.model_kwargs())
         hidden = body.last_hidden_state[:, -1].to(weight.device)  # left padding: last token
@@ -277,11 +281,8 @@ def next_token_logprobs(
     model: LoadedModel, prompts: Sequence[str], batch_size: int = 16
 ) -> Float[Tensor, "n vocab"]:
     """The full next-token log-distribution after each prompt (last position only)."""
-    tok = model.tokenizer
-    prompt_ids = encode(tok, prompts)
     out = torch.empty(len(prompts), model.vocab_size)
-    for idx in length_sorted_batches([len(s) for s in prompt_ids], batch_size):
-        batch = collate([prompt_ids[i] for i in idx], pad_token_id(tok), "left", model.device)
+    for idx, batch in _left_padded_batches(model, prompts, batch_size):
         with batch_rows(idx):
             logits = model.hf_model(**batch.model_kwargs(), logits_to_keep=1).logits[:, -1]
         out[torch.as_tensor(idx)] = torch.log_softmax(logits.float(), dim=-1).cpu()
