@@ -45,6 +45,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from probes.doctor import run_doctor
+
+    failed = 0
+    for check in run_doctor(tuple(args.model) if args.model else None):
+        print(f"{check.status:<4}  {check.name:<34}  {check.detail}", flush=True)
+        failed += not check.ok
+    if failed:
+        print(f"\n{failed} check(s) failed: read the FAIL lines above.", file=sys.stderr)
+        return 1
+    print("\nall checks passed")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from probes.pipeline import run_main_job
 
@@ -74,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: auto)")
     info.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
     info.set_defaults(func=_cmd_info)
+
+    doctor = sub.add_parser(
+        "doctor", help="print versions, device and model state, and run a self-check"
+    )
+    doctor.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="run the self-check on this model spec (repeatable; default: the tiny models, "
+        "and the embedded one when converted)",
+    )
+    doctor.set_defaults(func=_cmd_doctor)
 
     run = sub.add_parser("run", help="the main job: run the suite on a model, write a run folder")
     _add_model_args(run)

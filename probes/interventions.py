@@ -39,6 +39,7 @@ from probes.batching import (
 )
 from probes.directions import Direction, Eraser
 from probes.errors import ProbesError
+from probes.hf_compat import cached_length
 from probes.models import LoadedModel
 from probes.store import SITE_HOOKS
 
@@ -71,8 +72,7 @@ class _StepTracker:
         if x is None:
             return
         b, q = int(x.shape[0]), int(x.shape[1])
-        cache = kwargs.get("past_key_values")
-        past = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
+        past = cached_length(kwargs)
         mask = kwargs.get("attention_mask")
         if isinstance(mask, Tensor) and mask.dim() == 2:
             mask = mask.to(x.device).long()

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from probes.errors import ModelNotFoundError, ProbesError
+from probes.hf_compat import check_supported, route_kv_cache
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -249,6 +250,7 @@ def load_model(
     dtype: str | torch.dtype | None = None,
 ) -> LoadedModel:
     """Load "gemma-3-270m", "tiny-gemma3", "tiny-gpt2", a local folder or a locally cached HF id."""
+    check_supported()
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     if spec in BUILTIN_SPECS and BUILTIN_SPECS[spec].kind == "tiny":
@@ -341,6 +343,7 @@ def _boot_bridge(arch_name: str, hf_model: Any, tokenizer: Any) -> Any:
         )
     finally:
         logging.getLogger().setLevel(previous)
+    route_kv_cache(bridge)
     return bridge
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from probes.errors import ProbesError
+from probes.hf_compat import kv_cache_from
 from probes.models import LoadedModel
 
 MAX_KEPT_BYTES = 2 * 1024**3  # beyond this, nothing more is kept (later batches run whole)
@@ -126,7 +127,7 @@ def resume_from(model: LoadedModel, layers: int | Sequence[int]) -> Iterator[Res
     def before_body(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         restore()
         key = None
-        if kwargs.get("past_key_values") is None and kwargs.get("inputs_embeds") is None:
+        if kv_cache_from(kwargs) is None and kwargs.get("inputs_embeds") is None:
             key = _batch_key(args, kwargs)
         state["key"] = key
         if key is None:
