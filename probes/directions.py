@@ -20,8 +20,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from probes.artifacts import load_artifact, save_artifact
+from probes.cache.store import ActivationStore
 from probes.errors import ProbesError
-from probes.store import ActivationStore
 
 METHODS = ("mean_diff", "probe", "twin_pca")
 DIRECTION_FORMAT = "probes-direction"
@@ -172,7 +172,7 @@ def fit_direction(
     if method == "mean_diff":
         vector = diff
     elif method == "probe":
-        from probes.linear import LinearProbe
+        from probes.probing.linear import LinearProbe
 
         keep = src | tgt
         labels = np.asarray([str(x) for x in store.labels])[keep]

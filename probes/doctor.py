@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from probes.errors import ProbesError
-from probes.hf_compat import installed_version
+from probes.models.compat import installed_version
 
 STACK: tuple[str, ...] = (
     "torch",
@@ -125,7 +125,7 @@ def check_device() -> Check:
 
 def check_embedded_model() -> Check:
     """Whether the embedded model is converted (it converts itself on first use)."""
-    from probes.models import embedded_model_dir, is_converted
+    from probes.models.loading import embedded_model_dir, is_converted
 
     if is_converted():
         return Check("embedded model", True, f"converted at {embedded_model_dir()}")
@@ -190,7 +190,7 @@ def _hook_count(model) -> int:
 def check_hooks(model) -> Check:
     """A steering hook fires during a forward pass and is gone after its block."""
     from probes.directions import Direction
-    from probes.interventions import steer
+    from probes.interventions.hooks import steer
 
     name = f"hooks ({model.name})"
     before = _hook_count(model)
@@ -226,7 +226,7 @@ def check_hooks(model) -> Check:
 
 def check_store_roundtrip(model) -> Check:
     """Activations written to a store read back equal to a direct run."""
-    from probes.cache import extract
+    from probes.cache.extract import extract
 
     name = f"store round-trip ({model.name})"
     prompts = ["Hello there my friend", "Hi", "I love the colour of autumn leaves."]
@@ -274,7 +274,7 @@ def self_checks(model) -> Iterator[Check]:
 def run_doctor(models: tuple[str, ...] | None = None) -> Iterator[Check]:
     """Every check, in report order. ``models`` defaults to the tiny ones plus the embedded
     model when it is converted."""
-    from probes.models import is_converted, load_model
+    from probes.models.loading import is_converted, load_model
 
     yield from check_versions()
     yield check_device()

@@ -11,10 +11,10 @@ from collections import defaultdict
 
 import numpy as np
 
-from probes.behavior import behavior_log_odds
+from probes.behavior.scoring import behavior_log_odds
 from probes.datasets import load_behavior_items
 from probes.datasets.behavior import behavior_attributes
-from probes.models import load_model
+from probes.models.loading import load_model
 
 # Under which cue the positive answer set should be the more likely one.
 CUE_RAISING_POSITIVE = {"dialect": "uk", "belief": "true", "proficiency": "native"}

@@ -15,11 +15,11 @@ import time
 import numpy as np
 import torch
 
-from probes.cache import extract_dataset
+from probes.cache.extract import extract_dataset
 from probes.datasets import load_dataset
-from probes.linear import fit_logistic_batched, predict_proba_batched, sklearn_reference_fit
-from probes.models import load_model
-from probes.probing import encode_labels, make_splits
+from probes.models.loading import load_model
+from probes.probing.layerwise import encode_labels, make_splits
+from probes.probing.linear import fit_logistic_batched, predict_proba_batched, sklearn_reference_fit
 
 
 def main() -> None:

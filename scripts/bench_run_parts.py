@@ -1,12 +1,12 @@
 """Benchmark the things that made `probes run` fit its time budget, side by side.
 
-1. A steering sweep (``probes.steering.sweep`` on the dialect behaviour items) with and without
-   ``resume_from``: inside it, each steered pass re-runs only the layers from the steering
-   layer on. Both runs must give the same numbers; the script checks that they do.
+1. A steering sweep (``probes.interventions.steering.sweep`` on the dialect behaviour items)
+   with and without ``resume_from``: inside it, each steered pass re-runs only the layers from
+   the steering layer on. Both runs must give the same numbers; the script checks that they do.
 2. PNG export of the same figures by one-shot kaleido calls (a browser started per figure)
-   and through one kept kaleido server (``probes.plots.png_bytes``).
+   and through one kept kaleido server (``probes.viz.figures.png_bytes``).
 3. Answer-set log-odds of the dialect behaviour items through the full 262k-row head and
-   through only the answer tokens' rows (``probes.behavior.next_token_logits_at``), in a
+   through only the answer tokens' rows (``probes.behavior.scoring.next_token_logits_at``), in a
    whole pass and in a pass resumed at ``--head-layer`` (as a sweep cell runs).
 4. A probe and its shuffled-label control fitted as two L-BFGS batches and as one.
 
@@ -25,9 +25,9 @@ import numpy as np
 
 
 def _sweep(model: Any, layers: list[int], strengths: list[float], resume: bool) -> Any:
-    import probes.steering as steering
+    import probes.interventions.steering as steering
+    from probes.cli.steering import directions_for
     from probes.datasets import load_behavior_items
-    from probes.steering_cli import directions_for
 
     directions = directions_for(model, "dialect", layers, "mean_diff")
     items = load_behavior_items("dialect")
@@ -61,7 +61,7 @@ def bench_sweep(model: Any, layers: list[int], strengths: list[float]) -> list[s
 def bench_png(n_figures: int) -> list[str]:
     import plotly.graph_objects as go
 
-    from probes.plots import browser_for_png, png_bytes
+    from probes.viz.figures import browser_for_png, png_bytes
 
     browser = browser_for_png()
     if browser is None:
@@ -87,9 +87,9 @@ def bench_png(n_figures: int) -> list[str]:
 
 
 def bench_head(model: Any, layer: int) -> list[str]:
-    from probes.behavior import behavior_log_odds
+    from probes.behavior.scoring import behavior_log_odds
     from probes.datasets import load_behavior_items
-    from probes.resume import resume_from
+    from probes.interventions.prefix_reuse import resume_from
 
     items = load_behavior_items("dialect")
 
@@ -122,10 +122,15 @@ def bench_head(model: Any, layer: int) -> list[str]:
 
 
 def bench_control(model: Any, dataset: str) -> list[str]:
-    from probes.cache import extract_dataset
+    from probes.cache.extract import extract_dataset
     from probes.datasets import load_dataset
-    from probes.probing import _fit_predict as fit_predict
-    from probes.probing import _shuffled_within_folds, encode_labels, make_splits, out_of_fold
+    from probes.probing.layerwise import _fit_predict as fit_predict
+    from probes.probing.layerwise import (
+        _shuffled_within_folds,
+        encode_labels,
+        make_splits,
+        out_of_fold,
+    )
 
     store = extract_dataset(model, load_dataset(dataset), layers="all", progress=False)
     _, y = encode_labels(store.column("label"))
@@ -164,7 +169,7 @@ def main() -> None:
     parser.add_argument("--store", default="dialect_us_uk", help="dataset for the probe fits")
     args = parser.parse_args()
 
-    from probes.models import load_model
+    from probes.models.loading import load_model
 
     model = load_model(args.model)
     layers = [int(x) for x in args.layers.split(",")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from probes.mediation_cli import case_study_main
+from probes.cli.mediation import case_study_main
 
 if __name__ == "__main__":
     sys.exit(case_study_main("proficiency", __doc__.split("\n\n")[0]))

@@ -11,14 +11,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tiny_gemma():
-    from probes.models import load_model
+    from probes.models.loading import load_model
 
     return load_model("tiny-gemma3", device="cpu")
 
 
 @pytest.fixture(scope="session")
 def tiny_gpt2():
-    from probes.models import load_model
+    from probes.models.loading import load_model
 
     return load_model("tiny-gpt2", device="cpu")
 

@@ -7,6 +7,6 @@ import pytest
 
 @pytest.fixture(scope="session")
 def gemma():
-    from probes.models import load_model
+    from probes.models.loading import load_model
 
     return load_model("gemma-3-270m", device="cpu")

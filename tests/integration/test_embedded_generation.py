@@ -8,12 +8,12 @@ import itertools
 
 import pytest
 
-from probes.behavior import greedy_continuations
-from probes.cache import extract_dataset
+from probes.behavior.scoring import greedy_continuations
+from probes.cache.extract import extract_dataset
 from probes.datasets import load_dataset
 from probes.directions import fit_direction
 from probes.doctor import UK_CONTINUATION, UK_PROMPT
-from probes.steering import sample_generations
+from probes.interventions.steering import sample_generations
 
 pytestmark = pytest.mark.integration
 

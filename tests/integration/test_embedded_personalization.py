@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probes.behavior import continuation_logprobs
-from probes.pipeline import DIALECT_PAIRS, UK_TEAMS, US_TEAMS
+from probes.behavior.scoring import continuation_logprobs
+from probes.pipeline.run import DIALECT_PAIRS, UK_TEAMS, US_TEAMS
 
 pytestmark = pytest.mark.integration
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from probes.behavior import behavior_log_odds
-from probes.cache import extract_dataset
+from probes.behavior.scoring import behavior_log_odds
+from probes.cache.extract import extract_dataset
 from probes.datasets import load_behavior_items, load_dataset
 from probes.directions import fit_direction, random_direction
-from probes.interventions import steer
+from probes.interventions.hooks import steer
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from probes.datasets import load_behavior_items
-from probes.mediation import answer_log_odds, mediate, twin_pairs
+from probes.mediation.estimator import answer_log_odds, mediate, twin_pairs
 
 pytestmark = pytest.mark.integration
 

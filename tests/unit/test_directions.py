@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from probes.cache.store import write_store
 from probes.directions import Direction, fit_direction, random_direction
 from probes.errors import ProbesError
-from probes.store import write_store
 
 D = 16
 

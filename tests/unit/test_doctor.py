@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from probes.cli import main
+from probes.cli.main import main
 from probes.doctor import (
     check_cached_generation,
     check_hooks,
@@ -15,7 +15,7 @@ from probes.doctor import (
     check_versions,
     read_lock,
 )
-from probes.hf_compat import route_kv_cache
+from probes.models.compat import route_kv_cache
 
 
 @pytest.mark.parametrize("check", [check_cached_generation, check_hooks, check_store_roundtrip])
@@ -36,7 +36,7 @@ def test_cached_generation_check_catches_a_cache_that_is_never_extended(tiny_gem
 
 
 def test_hook_check_catches_a_hook_left_behind(tiny_gpt2, monkeypatch):
-    import probes.interventions as interventions
+    import probes.interventions.hooks as interventions
 
     original = interventions._hooked
     leaked = []

@@ -1,0 +1,35 @@
+"""Behaviour: answer scoring (log-odds, continuations, greedy text) and damage metrics."""
+
+from __future__ import annotations
+
+from probes.behavior.scoring import (
+    PLAIN_HEAD_MODEL_TYPES,
+    answer_set_logprobs,
+    behavior_log_odds,
+    continuation_logprobs,
+    greedy_continuations,
+    kl_divergence,
+    multiple_choice_correct,
+    neutral_prompts,
+    neutral_texts,
+    next_token_logits_at,
+    next_token_logprobs,
+    next_token_logprobs_at,
+    perplexity,
+)
+
+__all__ = [
+    "PLAIN_HEAD_MODEL_TYPES",
+    "answer_set_logprobs",
+    "behavior_log_odds",
+    "continuation_logprobs",
+    "greedy_continuations",
+    "kl_divergence",
+    "multiple_choice_correct",
+    "neutral_prompts",
+    "neutral_texts",
+    "next_token_logits_at",
+    "next_token_logprobs",
+    "next_token_logprobs_at",
+    "perplexity",
+]

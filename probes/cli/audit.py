@@ -1,0 +1,145 @@
+"""`probes audit`: the persona audit of one model, with its own results.json and report.html."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+from probes.errors import ProbesError
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return number
+
+
+def _attributes(value: str) -> tuple[str, ...]:
+    return tuple(a for a in value.split(",") if a) if value != "none" else ()
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Load the model, run the audit, write results.json and report.html into ``--out``."""
+    import torch
+
+    from probes import __version__
+    from probes.atomic import atomic_write_json
+    from probes.audit.run import load_policy, run_audit
+    from probes.datasets import list_datasets
+    from probes.models.loading import load_model
+    from probes.report.audit import write_audit_report
+
+    load_policy(args.policy)  # a bad policy fails before the model loads
+    known = {info.name for info in list_datasets()}
+    bad = [a for a in args.readout if a not in known]
+    if bad:
+        raise ProbesError(f"--readout: unknown dataset {bad[0]!r}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    load_seconds = round(time.perf_counter() - start, 1)
+    result = run_audit(
+        model,
+        out,
+        max_items=args.max_items,
+        policy=args.policy,
+        n_boot=args.n_boot,
+        n_perm=args.n_perm,
+        mitigation=not args.no_mitigation,
+        readout_attributes=args.readout,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    result["seconds"]["load_model"] = load_seconds
+    results = {
+        "probes_version": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "model": model.describe(),
+        "audit": result,
+    }
+    atomic_write_json(out / "results.json", results)
+    header = {
+        "model": results["model"],
+        "probes version": __version__,
+        "items": f"{result['n_utility_items']} questions, {result['n_safety_items']} requests",
+        "policy": result["policy"]["source"],
+        "seconds": result["seconds"],
+    }
+    report = write_audit_report(out, result, header)
+    pb, mit = result["pb"], result.get("mitigation")
+    print(
+        f"PB {pb['estimate']:.3f} [{pb['low']:.3f}, {pb['high']:.3f}] over "
+        f"{result['n_identities']} identities (item noise alone: {result['pb_null']['mean']:.3f}); "
+        f"persona matters: safety p {result['permutation_p']['safety_log_odds']:.3g}, "
+        f"utility p {result['permutation_p']['utility_margin']:.3g}"
+    )
+    flagged = result["tier1"]["flagged"]
+    print(f"tier 1: {len(flagged)} flagged{': ' + ', '.join(flagged) if flagged else ''}")
+    if mit:
+        print(
+            f"mitigation: PB {pb['estimate']:.3f} -> {mit['pb_after']['pb']['estimate']:.3f}, "
+            f"utility {mit['utility_change']['estimate']:+.3f}, KL {mit['neutral_kl']:.3f} nats"
+        )
+    print(f"results in {out / 'results.json'} ({result['seconds']['total']} s)\nreport: {report}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    audit = subparsers.add_parser(
+        "audit",
+        help="persona audit: safety and utility per stated identity, PB, three-tier report",
+        description='Ask every item with "I am {persona}." for 31 identities and none; report '
+        "personalization bias, tier-1/2/3 verdicts, the probes' read-out and a mitigation.",
+    )
+    audit.add_argument("--model", default="gemma-3-270m", help="model spec (default: %(default)s)")
+    audit.add_argument("--out", required=True, help="folder for results.json, report and figures")
+    audit.add_argument("--policy", default=None, help="TOML policy file (default: packaged)")
+    audit.add_argument(
+        "--max-items",
+        type=_positive,
+        default=None,
+        help="cap each item set at N category-balanced items (default: all 159 + 80)",
+    )
+    audit.add_argument(
+        "--readout",
+        type=_attributes,
+        default=("age", "gender", "socioeconomic", "education"),
+        help="attributes whose probes read the persona prompts, comma-separated, or 'none' "
+        "(default: age,gender,socioeconomic,education)",
+    )
+    audit.add_argument("--no-mitigation", action="store_true", help="skip the ablation re-run")
+    audit.add_argument("--n-boot", type=_positive, default=1000)
+    audit.add_argument("--n-perm", type=_positive, default=1000)
+    audit.add_argument("--batch-size", type=_positive, default=32)
+    audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--quiet", action="store_true", help="no progress bars")
+    audit.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: auto)")
+    audit.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
+    audit.set_defaults(func=run_from_args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m probes.cli.audit``); ``probes audit`` is the same."""
+    parser = argparse.ArgumentParser(prog="probes audit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(["audit", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        return args.func(args)
+    except ProbesError as exc:
+        print(f"probes audit: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""`probes cache`: extract activations for a dataset into a content-addressed store."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _handle(args: argparse.Namespace) -> int:
+    from probes.cache.extract import extract_dataset
+    from probes.datasets import RenderSpec, load_dataset
+    from probes.models.loading import load_model
+
+    dataset = load_dataset(args.dataset, size=args.size, seed=args.seed)
+    model = load_model(args.model, device=args.device, dtype=args.model_dtype)
+    suffix = None
+    if args.position == "suffix":
+        suffix = args.suffix.replace("{attribute}", dataset.attribute.replace("_", " "))
+    store = extract_dataset(
+        model,
+        dataset,
+        render_spec=RenderSpec(frame=args.frame),
+        layers=args.layers,
+        sites=args.sites,
+        position=args.position,
+        suffix=suffix,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        cache_root=args.out,
+    )
+    size_mb = store.nbytes_on_disk() / 2**20
+    print(
+        f"store: {store.path}\n"
+        f"rows {len(store)}, layers {store.layers[0]}..{store.layers[-1]}, "
+        f"sites {','.join(store.sites)}, {store.request['dtype']}, {size_mb:.1f} MB"
+    )
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "cache", help="extract activations for a dataset into a resumable store"
+    )
+    parser.add_argument("--model", default="gemma-3-270m", help="model spec (default: %(default)s)")
+    parser.add_argument(
+        "--dataset", required=True, help="built-in dataset name or a JSONL/CSV file"
+    )
+    parser.add_argument(
+        "--out", default=None, help="cache root (default: $PROBES_HOME/activations)"
+    )
+    parser.add_argument("--layers", default="all", help="'all', '0,4,8' or '2-6'")
+    parser.add_argument(
+        "--sites",
+        default="resid_post",
+        help="comma list of resid_pre, resid_post, attn_out, mlp_out",
+    )
+    parser.add_argument("--position", default="last", choices=["last", "mean", "suffix"])
+    parser.add_argument(
+        "--suffix",
+        default=" I think the {attribute} of this user is",
+        help="read-out suffix for --position suffix",
+    )
+    parser.add_argument("--frame", default="raw", choices=["raw", "chat", "template"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--model-dtype", default=None, help="dtype to run the model in")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--size", type=int, default=None, help="built-in dataset size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_handle)

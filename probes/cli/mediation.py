@@ -1,0 +1,159 @@
+"""`probes mediate`: causal mediation of a behaviour case study, and the case-study scripts' CLI."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from probes.errors import ProbesError
+
+
+def _directions(spec: Sequence[str]) -> tuple[str, list] | tuple[None, list]:
+    """``--direction``: one fitting method name, or saved Direction files (``.json`` or stem)."""
+    from probes.directions import METHODS, Direction
+
+    if len(spec) == 1 and spec[0] in METHODS:
+        return spec[0], []
+    loaded = []
+    for path in spec:
+        if path in METHODS:
+            raise ProbesError(f"--direction takes one method ({', '.join(METHODS)}) or files")
+        stem = (
+            Path(path).with_suffix("") if Path(path).suffix in (".json", ".safetensors") else path
+        )
+        if not Path(f"{stem}.json").exists():
+            raise ProbesError(
+                f"--direction {path!r} is neither a method ({', '.join(METHODS)}) "
+                "nor a saved direction"
+            )
+        loaded.append(Direction.load(stem))
+    return None, loaded
+
+
+def _positions(value: str) -> tuple[int, ...] | str:
+    if value in ("last", "all"):
+        return (-1,) if value == "last" else "all"
+    try:
+        return tuple(int(p) for p in value.split(","))
+    except ValueError as exc:
+        raise ProbesError(
+            f"--positions must be 'last', 'all' or e.g. '-2,-1', got {value!r}"
+        ) from exc
+
+
+def run_from_args(args: argparse.Namespace, case_name: str | None = None) -> int:
+    """Run one case study from parsed arguments (shared by ``probes mediate`` and the scripts)."""
+    from probes.cache.extract import parse_layers
+    from probes.mediation.estimator import METRICS, case_study, run_case_study
+    from probes.models.loading import load_model
+
+    case = case_study(case_name or args.dataset)
+    if getattr(args, "metric", None):
+        if args.metric not in METRICS:
+            raise ProbesError(f"--metric must be one of {', '.join(METRICS)}")
+        case = replace(case, metric=args.metric)
+    method, loaded = _directions(args.direction)
+    mediators = ("subspace", "residual") if args.mediator == "both" else (args.mediator,)
+    positions = _positions(args.positions)
+    if args.pairs is not None and args.pairs < 1:
+        raise ProbesError(f"--pairs must be at least 1, got {args.pairs}")
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    layers = None if args.layers is None else parse_layers(args.layers, model.n_layers)
+    run_case_study(
+        model,
+        case,
+        out=args.out,
+        layers=layers,
+        pairs=args.pairs,
+        method=method or "mean_diff",
+        directions=loaded or None,
+        mediators=mediators,
+        positions=positions,
+        n_boot=args.n_boot,
+        n_perm=args.n_perm,
+        seed=args.seed,
+    )
+    return 0
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser, *, pairs: int | None, dataset: bool, out: str | None = None
+) -> None:
+    """The options of ``probes mediate`` (``dataset=False`` for a fixed case-study script)."""
+    from probes.mediation.estimator import CASE_STUDIES
+
+    parser.add_argument("--model", default="gemma-3-270m", help="model spec (default: %(default)s)")
+    if dataset:
+        parser.add_argument(
+            "--dataset",
+            required=True,
+            help=f"case study: {', '.join(CASE_STUDIES)} (or its behaviour set, e.g. belief)",
+        )
+    parser.add_argument(
+        "--out",
+        required=out is None,
+        default=out,
+        help="folder for results.json and figures" + (" (default: %(default)s)" if out else ""),
+    )
+    parser.add_argument(
+        "--direction",
+        nargs="+",
+        default=["mean_diff"],
+        help="method fitted per layer on the attribute's store (mean_diff, probe, twin_pca), "
+        "or saved Direction files (default: mean_diff)",
+    )
+    parser.add_argument(
+        "--layers",
+        default=None,
+        help="'all', '0,4,8' or '2-6' (default: every 3rd, the last and the best layer)",
+    )
+    parser.add_argument(
+        "--mediator",
+        default="both",
+        choices=["subspace", "residual", "both"],
+        help="(default: both)",
+    )
+    parser.add_argument("--positions", default="last", help="last (default), all, or e.g. -2,-1")
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=pairs,
+        help=f"twin pairs drawn at random by --seed (default: {pairs or 'all'})",
+    )
+    parser.add_argument("--metric", default=None, help="log_odds or positive_logprob")
+    parser.add_argument("--n-boot", type=int, default=2000)
+    parser.add_argument("--n-perm", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
+
+
+def _handle_mediate(args: argparse.Namespace) -> int:
+    return run_from_args(args)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    med = subparsers.add_parser(
+        "mediate",
+        help="causal mediation (TE, NIE, NDE per layer) of a behaviour case study",
+        description="Does a cue's effect on the answer run through an attribute subspace of the "
+        "residual stream, or through the whole residual, at the last prompt token?",
+    )
+    add_arguments(med, pairs=None, dataset=True)
+    med.set_defaults(func=_handle_mediate)
+
+
+def case_study_main(case_name: str, description: str, argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``scripts/case_*.py``: parse, run, print one-line errors (exit 2)."""
+    import sys
+
+    parser = argparse.ArgumentParser(description=description)
+    add_arguments(parser, pairs=12, dataset=False, out=f"runs/mediation/{case_name}")
+    args = parser.parse_args(argv)
+    try:
+        return run_from_args(args, case_name)
+    except ProbesError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,104 @@
+"""`probes probe` and `probes transfer`: layer-wise probes on stores, with figures."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from probes.atomic import atomic_write_json
+
+if TYPE_CHECKING:
+    from probes.probing.layerwise import LayerwiseResult
+
+
+def _print_table(result: LayerwiseResult) -> None:
+    print(
+        f"{result.attribute}: {len(result.labels)} classes, n={result.n_examples}, "
+        f"{result.n_folds} folds by {result.splits}"
+    )
+    print("layer  accuracy  95% CI          control  selectivity")
+    for row in result.rows:
+        mark = "  <- best" if row["layer"] == result.best_layer else ""
+        interval = f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+        print(
+            f"{row['layer']:>5}  {row['accuracy']:.3f}     {interval}"
+            f"  {row['control_accuracy']:.3f}    {row['selectivity']:+.3f}{mark}"
+        )
+    bow = f"{result.bow['accuracy']:.3f}" if result.bow else "n/a"
+    print(f"majority class {result.majority_accuracy:.3f}; bag of words {bow}")
+
+
+def _handle_probe(args: argparse.Namespace) -> int:
+    from probes.cache.store import ActivationStore
+    from probes.probing.layerwise import fit_layerwise
+    from probes.viz.figures import plot_layerwise, save_figure
+
+    store = ActivationStore.open(args.store)
+    result = fit_layerwise(
+        store,
+        site=args.site,
+        n_folds=args.folds,
+        C=args.C,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        backend=args.backend,
+        bow=not args.no_bow,
+    )
+    out = Path(args.out)
+    atomic_write_json(out / "results.json", result.to_dict())
+    files = save_figure(plot_layerwise(result), out / f"probe_{result.attribute}")
+    _print_table(result)
+    print(f"results: {out / 'results.json'}; figures: {', '.join(str(f) for f in files)}")
+    return 0
+
+
+def _handle_transfer(args: argparse.Namespace) -> int:
+    from probes.cache.store import ActivationStore
+    from probes.probing.layerwise import transfer, transfer_matrix
+    from probes.viz.figures import plot_transfer, save_figure
+
+    train = ActivationStore.open(args.train)
+    out = Path(args.out)
+    results = []
+    for path in args.test:
+        result = transfer(train, ActivationStore.open(path), site=args.site, C=args.C)
+        results.append(result.to_dict())
+        best = max(result.rows, key=lambda r: r["accuracy"])
+        print(
+            f"train {result.train} -> test {result.test}: best layer {best['layer']} "
+            f"accuracy {best['accuracy']:.3f} [{best['ci_low']:.3f}, {best['ci_high']:.3f}]; "
+            f"bag of words {result.bow['accuracy']:.3f}"
+        )
+    payload: dict = {"transfers": results}
+    if args.layer is not None:
+        stores = {Path(p).name: ActivationStore.open(p) for p in [args.train, *args.test]}
+        matrix = transfer_matrix(stores, layer=args.layer, site=args.site, C=args.C)
+        payload["matrix"] = matrix
+        save_figure(plot_transfer(matrix), out / "transfer")
+    atomic_write_json(out / "results.json", payload)
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    probe = subparsers.add_parser("probe", help="layer-wise probes with controls on a store")
+    probe.add_argument("--store", required=True, help="an activation store folder")
+    probe.add_argument("--out", required=True, help="folder for results.json and figures")
+    probe.add_argument("--site", default="resid_post")
+    probe.add_argument("--folds", type=int, default=5)
+    probe.add_argument("--C", type=float, default=1.0, help="inverse L2 strength (as sklearn)")
+    probe.add_argument("--n-boot", type=int, default=1000)
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--backend", default="torch", choices=["torch", "sklearn"])
+    probe.add_argument("--no-bow", action="store_true", help="skip the bag-of-words baseline")
+    probe.set_defaults(func=_handle_probe)
+
+    tr = subparsers.add_parser("transfer", help="train a probe on one store, test on others")
+    tr.add_argument("--train", required=True, help="store to train on")
+    tr.add_argument("--test", required=True, nargs="+", help="stores to test on")
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--site", default="resid_post")
+    tr.add_argument("--C", type=float, default=1.0)
+    tr.add_argument("--layer", type=int, default=None, help="also write a matrix at this layer")
+    tr.set_defaults(func=_handle_transfer)

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from probes.cli.main import main
+
+
+def test_every_subcommand_has_help(capsys):
+    for command in ["models", "info", "run"]:
+        with pytest.raises(SystemExit) as info:
+            main([command, "--help"])
+        assert info.value.code == 0
+        assert "usage" in capsys.readouterr().out
+
+
+def test_bad_spec_prints_one_line_and_exits_2():
+    proc = subprocess.run(
+        [sys.executable, "-m", "probes.cli", "info", "no-such-model"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "Traceback" not in proc.stderr and "no-such-model" in proc.stderr
+
+
+def test_usage_error_is_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["no-such-command"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_info_and_models_on_tiny(capsys):
+    assert main(["info", "tiny-gpt2"]) == 0
+    out = capsys.readouterr().out
+    assert "n_layers" in out and "fingerprint" in out
+    assert main(["models"]) == 0
+    assert "gemma-3-270m" in capsys.readouterr().out
+
+
+def test_run_on_tiny_model_writes_results_and_figures(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PROBES_HOME", str(tmp_path / "home"))
+    config = tmp_path / "run.toml"
+    config.write_text(
+        '[probes]\nattributes = ["dialect_us_uk", "age"]\nsize = 48\nn_boot = 50\n'
+        "[mediation]\npairs = 3\nn_boot = 50\nn_perm = 50\n"
+        "[audit]\nmax_items = 4\nn_boot = 50\nn_perm = 50\n"
+    )
+    out = tmp_path / "run"
+    args = ["run", "--model", "tiny-gemma3", "--config", str(config), "--out", str(out)]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["model"]["name"] == "tiny-gemma3"
+    assert results["stages"]["dialect_first_look"]["n_pairs"] >= 3
+    summary = results["stages"]["probes"]["summary"]
+    assert [row["attribute"] for row in summary] == ["dialect", "age"]
+    assert results["stages"]["probes"]["reading_probe"]["suffix"].startswith(" I think")
+    for name in ["probe_dialect", "probe_age", "probe_overview", "reading_vs_control_dialect"]:
+        assert (out / "figures" / f"{name}.html").is_file()
+    assert "best layer" in capsys.readouterr().out
+    # every later stage ran and the report holds a section for each
+    stages = results["stages"]
+    assert {"interventions", "mediation", "audit"} <= stages.keys()
+    assert stages["interventions"]["steering"]["sweep"]["rows"]
+    assert set(stages["mediation"]) == {"dialect", "proficiency", "echo_chamber"}
+    report = (out / "report.html").read_text()
+    for title in ("Probes:", "Steering dialect", "Mediation: dialect", "Concept erasure"):
+        assert title in report

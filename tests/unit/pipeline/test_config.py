@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import pytest
+
+from probes.cli.main import main
+from probes.errors import ConfigError
+from probes.pipeline.config import QUICK_OVERRIDES, load_config
+
+
+def test_defaults_and_quick():
+    config = load_config()
+    assert config.model == "gemma-3-270m" and "probes" in config.stages
+    quick = load_config(quick=True)
+    assert quick.probes.size == QUICK_OVERRIDES["size"]
+    assert config.audit.mitigation and not quick.audit.mitigation  # quick skips the 2nd pass
+    assert config.interventions.damage_and_samples and not quick.interventions.damage_and_samples
+
+
+def test_a_config_value_wins_over_quick(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[probes]\nsize = 300\nreading_attribute = "dialect_us_uk"\n')
+    quick = load_config(path, quick=True)
+    assert quick.probes.size == 300 and quick.probes.reading_attribute == "dialect_us_uk"
+    assert quick.probes.folds == QUICK_OVERRIDES["folds"]  # what the file leaves out is quick
+    assert load_config(quick=True).probes.reading_attribute is None
+
+
+def test_toml_values_and_overrides(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text(
+        'stages = ["probes"]\n[probes]\nattributes = ["age", "gender"]\nsize = 80\nC = 0.5\n'
+    )
+    config = load_config(path, model="tiny-gpt2")
+    assert config.stages == ("probes",) and config.model == "tiny-gpt2"
+    assert config.probes.attributes == ("age", "gender") and config.probes.C == 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[probes]\nsizes = 3\n", "unknown key probes.sizes"),
+        ("[probes]\nsize = -3\n", "probes.size must be"),
+        ('stages = ["everything"]\n', "unknown stage"),
+        ('[probes]\nattributes = ["astrology"]\n', "unknown dataset"),
+        ("[probes]\nfolds = 1\n", "at least 2"),
+        ("this is = = not toml", "not valid TOML"),
+        ('[audit]\nmitigation = "yes"\n', "audit.mitigation must be true or false"),
+        (
+            "[interventions]\ndamage_and_samples = 1\n",
+            "interventions.damage_and_samples must be true or false",
+        ),
+        ("[interventions]\nerase_test_rows = 0\n", "erase_test_rows must be a positive"),
+        ('[probes]\nattributes = ["age"]\nreading_attribute = "gender"\n', "reading_attribute"),
+    ],
+)
+def test_bad_configs_are_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_config_via_cli_exits_2(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text("[probes]\nsizes = 3\n")
+    assert main(["run", "--config", str(path), "--model", "tiny-gpt2", "--out", str(tmp_path)]) == 2
+    assert not (tmp_path / "results.json").exists()
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main(["run", "--config", str(tmp_path / "missing.toml")]) == 2
