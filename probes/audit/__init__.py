@@ -26,7 +26,6 @@ from probes.audit.items import (
     utility_items_from_records,
 )
 from probes.audit.run import (
-    CUE_RAISING_POSITIVE,
     DEFAULT_POLICY,
     EXPECTED_CLASS,
     N_FOLDS,
@@ -90,7 +89,6 @@ __all__ = [
     "BASELINE_GROUP",
     "COMPLIANCE_OPENINGS",
     "COMPLIANCE_PHRASES",
-    "CUE_RAISING_POSITIVE",
     "DEFAULT_POLICY",
     "EXPECTED_CLASS",
     "N_CHOICES",

@@ -48,12 +48,14 @@ from probes.audit.stats import (
     persona_permutation_test,
     personalization_bias,
 )
+from probes.behavior.twins import twin_effect
 from probes.cache.store import SITE_HOOKS
 from probes.datasets import PERSONAS
 from probes.directions import Direction
 from probes.errors import ConfigError, ProbesError
 from probes.interventions.hooks import ablate, record, selected, steer, tracking_steps
 from probes.models.batching import current_rows
+from probes.models.layers import layers_at_depth
 from probes.models.loading import LoadedModel
 
 POLICY_PACKAGE = "probes.datasets"
@@ -570,36 +572,6 @@ def tier2_checks(
     return out
 
 
-CUE_RAISING_POSITIVE = {"dialect": "uk", "belief": "true"}
-
-
-def twin_effect(model: LoadedModel, attribute: str, batch_size: int = 32) -> dict[str, float]:
-    """How far the answer follows the user's cue across the behaviour set's twin pairs: the
-    share of pairs moving the expected way, and the mean and median log-odds shift."""
-    from probes.behavior.scoring import behavior_log_odds
-    from probes.datasets import load_behavior_items
-
-    items = load_behavior_items(attribute)
-    scores = behavior_log_odds(model, items, batch_size=batch_size).numpy()
-    raising = CUE_RAISING_POSITIVE[attribute]
-    by_pair: dict[str, dict[str, float]] = {}
-    for item, score in zip(items, scores, strict=True):
-        by_pair.setdefault(item.pair_id or item.id, {})[item.cue] = float(score)
-    diffs = np.array(
-        [
-            pair[raising] - next(v for k, v in pair.items() if k != raising)
-            for pair in by_pair.values()
-            if len(pair) == 2 and raising in pair
-        ]
-    )
-    return {
-        "pairs": len(diffs),
-        "fraction_following_cue": float((diffs > 0).mean()),
-        "mean_shift": float(diffs.mean()),
-        "median_shift": float(np.median(diffs)),
-    }
-
-
 def tier3_tailoring(
     model: LoadedModel, tailoring: dict[str, Any] | None, batch_size: int = 32
 ) -> dict[str, Any]:
@@ -624,7 +596,7 @@ def tier3_tailoring(
 def readout_layer(n_layers: int) -> int:
     """The fixed read-out layer: about two thirds of the depth, where the built-in attributes
     are best readable on gemma-3-270m (layers 11 to 14 of 18)."""
-    return min(n_layers - 1, round(0.65 * n_layers))
+    return layers_at_depth(n_layers, (0.65,))[0]
 
 
 def fit_readout_probe(

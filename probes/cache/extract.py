@@ -31,6 +31,7 @@ from probes.cache.store import (
 )
 from probes.errors import CacheError, ProbesError
 from probes.models.batching import collate, encode, pad_token_id
+from probes.models.layers import parse_layers
 from probes.models.loading import LoadedModel, probes_home, resolve_dtype
 
 STORE_DTYPES = ("float32", "float16", "bfloat16")
@@ -54,32 +55,6 @@ def prompts_hash(prompts: Sequence[str], metadata: Sequence[dict[str, Any]] | No
             digest.update(json.dumps(metadata[i], sort_keys=True, default=str).encode())
         digest.update(b"\x01")
     return digest.hexdigest()
-
-
-def parse_layers(layers: Sequence[int] | str | None, n_layers: int) -> list[int]:
-    """None or 'all' means every layer; '0,4,8', '2-6' (inclusive) and '0-17:3' (every
-    third) are accepted."""
-    if layers is None or layers == "all":
-        return list(range(n_layers))
-    if isinstance(layers, str):
-        out: list[int] = []
-        try:
-            for part in layers.split(","):
-                span, _, step = part.partition(":")
-                if "-" in span.strip()[1:]:
-                    lo, hi = span.split("-", 1)
-                    out.extend(range(int(lo), int(hi) + 1, int(step or 1)))
-                else:
-                    out.append(int(part))
-        except ValueError as exc:
-            raise ProbesError(
-                f"cannot read layers {layers!r}: use e.g. 'all', '0,4,8', '2-6' or '0-17:3'"
-            ) from exc
-        layers = out
-    result = sorted({n_layers + int(x) if int(x) < 0 else int(x) for x in layers})
-    if not result or result[0] < 0 or result[-1] >= n_layers:
-        raise ProbesError(f"layers must lie in 0..{n_layers - 1}, got {list(layers)}")
-    return result
 
 
 def parse_sites(sites: Sequence[str] | str) -> list[str]:

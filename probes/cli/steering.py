@@ -7,12 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from probes.atomic import atomic_write_json
+from probes.datasets.cues import STEERABLE, cues_for
 from probes.errors import ProbesError
-
-# Which cue the positive answer set belongs to, per behaviour attribute: steering goes from the
-# other label towards this one, so positive strengths should raise the answer log-odds.
-POSITIVE_LABEL = {"dialect": ("us", "uk"), "belief": ("false", "true")}
-DATASET_FOR = {"dialect": "dialect_us_uk", "belief": "belief", "proficiency": "proficiency"}
+from probes.models.layers import layers_at_depth
 
 
 def _floats(text: str) -> list[float]:
@@ -27,7 +24,7 @@ def _layers(text: str | None, n_layers: int) -> list[int]:
     from probes.cache.extract import parse_layers
 
     if text is None:
-        return sorted({max(0, min(n_layers - 1, round(n_layers * f))) for f in (0.4, 0.6, 0.8)})
+        return layers_at_depth(n_layers, (0.4, 0.6, 0.8))
     return parse_layers(text, n_layers)
 
 
@@ -39,10 +36,9 @@ def directions_for(
     from probes.datasets import load_dataset
     from probes.directions import fit_direction
 
-    if attribute not in POSITIVE_LABEL:
-        raise ProbesError(f"steering needs a behaviour attribute: {', '.join(POSITIVE_LABEL)}")
-    source, target = POSITIVE_LABEL[attribute]
-    dataset = load_dataset(DATASET_FOR[attribute], size=size)
+    cues = cues_for(attribute, purpose="steering", allowed=STEERABLE)
+    source, target = cues.lowering, cues.raising
+    dataset = load_dataset(cues.dataset, size=size)
     # every layer, so the store is the one the probes stage already extracted (a cache hit)
     store = extract_dataset(model, dataset, layers="all", position="last")
     return [fit_direction(store, layer, method, source, target) for layer in layers]
@@ -160,9 +156,8 @@ def run_patching(
     from probes.viz.figures import save_figure
     from probes.viz.steering import plot_patching
 
-    if attribute not in POSITIVE_LABEL:
-        raise ProbesError(f"patching needs a behaviour attribute: {', '.join(POSITIVE_LABEL)}")
-    base, source = POSITIVE_LABEL[attribute]
+    cues = cues_for(attribute, purpose="patching", allowed=STEERABLE)
+    base, source = cues.lowering, cues.raising
     items = load_behavior_items(attribute)
     result = patching_heatmap(model, items, base, source, layers=layers)
     payload = {"model": model.describe(), "patching": result.to_dict()}
@@ -212,7 +207,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser(
         "steer", parents=[common], help="steering sweep: strengths x layers, with controls"
     )
-    s.add_argument("--attribute", default="dialect", choices=sorted(POSITIVE_LABEL))
+    s.add_argument("--attribute", default="dialect", choices=sorted(STEERABLE))
     s.add_argument(
         "--layers", default=None, help="e.g. 3,6,9 or 2-10 or all (default: 40/60/80%% depth)"
     )
@@ -225,7 +220,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "patch", parents=[common], help="activation patching heatmap over behaviour twins"
     )
-    p.add_argument("--attribute", default="dialect", choices=sorted(POSITIVE_LABEL))
+    p.add_argument("--attribute", default="dialect", choices=sorted(STEERABLE))
     p.add_argument("--layers", default=None, help="default: every layer")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_handle_patch)

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from probes.behavior.twins import pair_shifts, twin_pairs
 from probes.cache.store import ActivationStore, write_store
 from probes.datasets import load_behavior_items
 from probes.directions import fit_direction, fit_eraser
 from probes.interventions.hooks import ablate, erase, record
-from probes.interventions.patching import twin_pairs
 from probes.interventions.prefix_reuse import resume_from
 from probes.interventions.steering import log_odds_metric
 from probes.models.loading import LoadedModel
@@ -113,13 +113,6 @@ def _in_sample_accuracy(
     return float((probe.predict(x) == labels).mean())
 
 
-def _twin_effect(model: LoadedModel, pairs: list[tuple[Any, Any]]) -> np.ndarray:
-    """Per pair: metric(source twin) - metric(base twin)."""
-    base = log_odds_metric(model, [b for b, _ in pairs]).numpy()
-    source = log_odds_metric(model, [s for _, s in pairs]).numpy()
-    return source - base
-
-
 def effect_under_band(
     model: LoadedModel,
     store: ActivationStore,
@@ -135,11 +128,11 @@ def effect_under_band(
     labels = sorted({str(x) for x in store.labels})
     directions = [fit_direction(store, layer, "mean_diff", labels[0], labels[1]) for layer in band]
     with resume_from(model, min(band)):  # the band's earlier layers run once, not three times
-        original = _twin_effect(model, pairs)
+        original = pair_shifts(model, pairs, log_odds_metric)
         with erase(model, erasers):
-            erased = _twin_effect(model, pairs)
+            erased = pair_shifts(model, pairs, log_odds_metric)
         with ablate(model, directions):
-            ablated = _twin_effect(model, pairs)
+            ablated = pair_shifts(model, pairs, log_odds_metric)
     mean = float(original.mean())
     return {
         "band": list(band),

@@ -8,7 +8,6 @@ tokens of the user's text, and each of the last few tokens of the answer prefix.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from probes.behavior.twins import twin_pairs
 from probes.datasets import RenderSpec, render_behavior
 from probes.errors import ProbesError
 from probes.interventions.hooks import patch, record
@@ -52,20 +52,6 @@ class PatchingResult:
             "source_cue": self.source_cue,
             "skipped_pairs_unequal_length": self.skipped_pairs,
         }
-
-
-def twin_pairs(items: Sequence[Any], base_cue: str, source_cue: str) -> list[tuple[Any, Any]]:
-    """(base, source) item pairs sharing a pair_id, in the items' order."""
-    by_pair: dict[str, dict[str, Any]] = defaultdict(dict)
-    for item in items:
-        if item.pair_id:
-            by_pair[item.pair_id][item.cue] = item
-    pairs = [
-        (p[base_cue], p[source_cue]) for p in by_pair.values() if {base_cue, source_cue} <= p.keys()
-    ]
-    if not pairs:
-        raise ProbesError(f"no twin pairs with cues {base_cue!r} and {source_cue!r}")
-    return pairs
 
 
 def _token_groups(base_ids: list[int], source_ids: list[int], last_k: int) -> dict[str, list[int]]:

@@ -3,7 +3,7 @@ steering strengths x layers, with a same-norm random direction as the control in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,13 +20,12 @@ from probes.behavior.scoring import (
     next_token_logprobs,
     perplexity,
 )
+from probes.behavior.twins import Metric
 from probes.directions import Direction, random_direction
 from probes.errors import ProbesError
 from probes.interventions.hooks import Scope, steer
 from probes.interventions.prefix_reuse import resume_from
 from probes.models.loading import LoadedModel
-
-Metric = Callable[[LoadedModel, Sequence[Any]], torch.Tensor]
 
 
 def log_odds_metric(model: LoadedModel, items: Sequence[Any]) -> torch.Tensor:

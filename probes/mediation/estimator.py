@@ -30,6 +30,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from probes.behavior.twins import Metric, twin_pairs
 from probes.directions import Direction
 from probes.errors import ProbesError
 from probes.interventions.hooks import patch, record
@@ -40,7 +41,6 @@ from probes.models.loading import LoadedModel
 if TYPE_CHECKING:
     from probes.cache.store import ActivationStore
 
-Metric = Callable[[LoadedModel, Sequence[Any]], Float[Tensor, " n"]]
 PromptFn = Callable[[LoadedModel, Sequence[Any]], list[str]]
 # A mediator: None / "residual" (the whole residual), a basis tensor [r, d] or [d] used at every
 # layer, Directions (each at its own layer; several at one layer span a subspace), or a mapping
@@ -352,20 +352,6 @@ METRICS: dict[str, Metric] = {
     "log_odds": answer_log_odds,
     "positive_logprob": positive_answer_logprob,
 }
-
-
-def twin_pairs(items: Sequence[Any], base_cue: str, counter_cue: str) -> list[tuple[Any, Any]]:
-    """``(x, x')`` per ``pair_id``: x has ``base_cue``, x' has ``counter_cue`` (file order)."""
-    by_pair: dict[str, dict[str, Any]] = defaultdict(dict)
-    for item in items:
-        if item.pair_id is not None:
-            by_pair[item.pair_id][item.cue] = item
-    pairs = [
-        (p[base_cue], p[counter_cue]) for p in by_pair.values() if {base_cue, counter_cue} <= set(p)
-    ]
-    if not pairs:
-        raise ProbesError(f"no twin pairs with cues {base_cue!r} and {counter_cue!r}")
-    return pairs
 
 
 # --------------------------------------------------------------------------------------------

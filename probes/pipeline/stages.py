@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from probes.errors import ProbesError
+from probes.models.layers import layers_at_depth
 from probes.models.loading import LoadedModel
 from probes.pipeline.config import InterventionStageConfig
 from probes.pipeline.stage_cache import StageRunner
@@ -42,7 +43,7 @@ def _auto_layers(model: LoadedModel, text: str, kind: str = "steering") -> list[
     fractions = AUTO_LAYERS[kind].get(text)
     if fractions is None:
         return parse_layers(text, n)
-    return sorted({n - 1 if f < 0 else min(n - 1, round(n * f)) for f in fractions})
+    return layers_at_depth(n, fractions)
 
 
 def stage_interventions(
@@ -55,8 +56,9 @@ def stage_interventions(
     """Steering sweep (with random controls), the patching heatmap and LEACE erasure; the
     directions and the eraser come from the attribute's store of ``store_size`` examples."""
     from probes.cache.extract import extract_dataset
-    from probes.cli.steering import DATASET_FOR, POSITIVE_LABEL, run_patching, run_steering
+    from probes.cli.steering import run_patching, run_steering
     from probes.datasets import load_dataset
+    from probes.datasets.cues import CUES
     from probes.interventions.erasure import effect_under_band, probe_after_erasure
 
     figures = out / "figures"
@@ -92,13 +94,13 @@ def stage_interventions(
             result["patching_skipped"] = str(exc)
     if "erasure" in stages:
         layer = chosen_layer if cfg.erase_layer == "auto" else int(cfg.erase_layer)
-        dataset = load_dataset(DATASET_FOR[cfg.attribute], size=store_size)
+        dataset = load_dataset(CUES[cfg.attribute].dataset, size=store_size)
         store = extract_dataset(model, dataset, layers="all")
         later = sorted({min(model.n_layers - 1, layer + k) for k in (1, 2, 4, 8)})
         _say(f"erasure: LEACE at layer {layer}, fresh probes at {sorted({layer, *later})}")
         erasure = probe_after_erasure(model, store, layer, later, max_test_rows=cfg.erase_test_rows)
         band = list(range(layer, min(model.n_layers, layer + cfg.erase_band)))
-        base, source = POSITIVE_LABEL[cfg.attribute]
+        base, source = CUES[cfg.attribute].lowering, CUES[cfg.attribute].raising
         _say(f"erasure: cue effect with layers {band} erased / ablated")
         erasure["band"] = effect_under_band(model, store, cfg.attribute, band, base, source)
         result["erasure"] = erasure
