@@ -274,7 +274,7 @@ def _jsonl_lines(ds: Dataset) -> Iterator[str]:
 
 
 def _csv_text(ds: Dataset) -> str:
-    header = {"name": ds.name, "attribute": ds.attribute, "labels": list(ds.labels)}
+    header: dict[str, Any] = {"name": ds.name, "attribute": ds.attribute, "labels": list(ds.labels)}
     header["version"] = FORMAT_VERSION
     buffer = io.StringIO(newline="")
     buffer.write(f"{CSV_HEADER_PREFIX} {json.dumps(header, ensure_ascii=False)}\n")

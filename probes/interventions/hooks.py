@@ -149,12 +149,12 @@ def _hook_name(site: str, layer: int, model: LoadedModel) -> str:
 
 @contextmanager
 def _hooked(
-    model: LoadedModel, hooks: list[tuple[str, Callable[[Tensor, StepInfo], Tensor | None]]]
+    model: LoadedModel, hooks: Sequence[tuple[str, Callable[..., Tensor | None]]]
 ) -> Iterator[None]:
     """Install hooks ``fn(acts, step) -> new acts`` with step tracking; always removed."""
     with tracking_steps(model) as tracker:
 
-        def wrap(fn: Callable[[Tensor, StepInfo], Tensor | None]) -> Callable[..., Any]:
+        def wrap(fn: Callable[..., Tensor | None]) -> Callable[..., Any]:
             def hook(acts: Tensor, hook: Any) -> Tensor | None:
                 step = tracker.step
                 if step is None or step.real.shape != acts.shape[:2]:

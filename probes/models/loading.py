@@ -191,7 +191,7 @@ def _convert_gguf_into(folder: Path) -> None:
         gguf_dir, gguf_file=gguf_path.name, dtype=torch.float32
     )
     # save_pretrained refuses a model that still says it is GGUF-quantized; it is float now.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.architectures = ["Gemma3ForCausalLM"]

@@ -45,12 +45,13 @@ def build_tiny_model(spec: str, seed: int = TINY_SEED) -> tuple[Any, Any, str]:
 
     tokenizer = build_byte_tokenizer()
     vocab_size = len(tokenizer)
-    special_ids = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    special_ids: dict[str, Any] = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    model: Any
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         if spec == "tiny-gemma3":
-            config = Gemma3TextConfig(
+            gemma_config = Gemma3TextConfig(
                 vocab_size=vocab_size,
                 hidden_size=64,
                 intermediate_size=128,
@@ -64,9 +65,9 @@ def build_tiny_model(spec: str, seed: int = TINY_SEED) -> tuple[Any, Any, str]:
                 architectures=["Gemma3ForCausalLM"],
                 **special_ids,
             )
-            model, arch = Gemma3ForCausalLM(config), "google/gemma-3-270m"
+            model, arch = Gemma3ForCausalLM(gemma_config), "google/gemma-3-270m"
         elif spec == "tiny-gpt2":
-            config = GPT2Config(
+            gpt2_config = GPT2Config(
                 vocab_size=vocab_size,
                 n_embd=64,
                 n_layer=3,
@@ -75,7 +76,7 @@ def build_tiny_model(spec: str, seed: int = TINY_SEED) -> tuple[Any, Any, str]:
                 architectures=["GPT2LMHeadModel"],
                 **special_ids,
             )
-            model, arch = GPT2LMHeadModel(config), "gpt2"
+            model, arch = GPT2LMHeadModel(gpt2_config), "gpt2"
         else:
             raise ValueError(f"not a tiny spec: {spec}")
     finally:

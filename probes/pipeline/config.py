@@ -193,9 +193,10 @@ def load_config(
     ):
         probes = replace(probes, reading_attribute=None)  # the default only applies when probed
     if quick:  # a config's own values win over --quick's sizes
-        probes = replace(
-            probes, **{k: v for k, v in QUICK_OVERRIDES.items() if k not in probe_values}
-        )
+        quick_sizes: dict[str, Any] = {
+            k: v for k, v in QUICK_OVERRIDES.items() if k not in probe_values
+        }
+        probes = replace(probes, **quick_sizes)
         for name, values in (
             ("interventions", QUICK_INTERVENTIONS),
             ("mediation", QUICK_MEDIATION),

@@ -83,7 +83,10 @@ class LayerwiseResult:
 
 
 def make_splits(
-    labels: Sequence[Any], groups: Sequence[Any] | None, n_folds: int = 5, seed: int = 0
+    labels: Sequence[Any] | np.ndarray,
+    groups: Sequence[Any] | None,
+    n_folds: int = 5,
+    seed: int = 0,
 ) -> Splits:
     """Folds grouped by template family when there are >= 2 families, else stratified."""
     from sklearn.model_selection import GroupKFold, StratifiedKFold
@@ -94,7 +97,7 @@ def make_splits(
     if len(distinct) >= 2:
         k = min(n_folds, len(distinct))
         splitter = GroupKFold(n_splits=k)
-        group_ids = np.asarray([distinct.index(g) if g is not None else -1 for g in groups])
+        group_ids = np.asarray([distinct.index(g) if g is not None else -1 for g in groups or []])
         folds = list(splitter.split(np.zeros(n), y, group_ids))
         kind = "group"
     else:
