@@ -37,6 +37,7 @@ from probes.interventions.hooks import patch, record
 from probes.interventions.prefix_reuse import resume_from
 from probes.models.batching import encode
 from probes.models.loading import LoadedModel
+from probes.stats import bootstrap_indices, percentile_interval, sign_flip_p_value
 
 if TYPE_CHECKING:
     from probes.cache.store import ActivationStore
@@ -85,42 +86,6 @@ def _as_array(values: Sequence[float] | np.ndarray | Tensor) -> np.ndarray:
     if array.ndim != 1 or len(array) == 0:
         raise ProbesError("effects must be a non-empty 1-d array (one value per twin pair)")
     return array
-
-
-def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """``[n_boot, n]`` resampling indices; share them to keep statistics of one sample paired."""
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-
-
-def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """The central ``level`` percentile interval of bootstrap samples (NaNs ignored)."""
-    tail = (1.0 - level) / 2 * 100
-    finite = samples[np.isfinite(samples)]
-    if len(finite) == 0:
-        return math.nan, math.nan
-    low, high = np.percentile(finite, [tail, 100 - tail])
-    return float(low), float(high)
-
-
-def sign_flip_p_value(
-    values: Sequence[float] | np.ndarray, n_perm: int = 10_000, seed: int = 0
-) -> float:
-    """Two-sided sign-flip permutation p-value of the mean of paired effects being zero.
-
-    Under the null each twin's effect is symmetric about zero, so its sign is exchangeable:
-    ``p = (1 + #{|mean of sign-flipped effects| >= |observed mean|}) / (1 + n_perm)``.
-    """
-    values = _as_array(values)
-    rng = np.random.default_rng(seed)
-    observed = abs(values.mean())
-    hits, done = 0, 0
-    while done < n_perm:  # in chunks, to bound memory for many twins
-        size = min(n_perm - done, max(1, 2_000_000 // len(values)))
-        signs = rng.integers(0, 2, size=(size, len(values))) * 2 - 1
-        null = np.abs((signs * values).mean(axis=1))
-        hits += int((null >= observed - 1e-12 * max(1.0, observed)).sum())
-        done += size
-    return (1 + hits) / (1 + n_perm)
 
 
 def estimate_effect(
