@@ -46,7 +46,7 @@ def _positions(value: str) -> tuple[int, ...] | str:
 def run_from_args(args: argparse.Namespace, case_name: str | None = None) -> int:
     """Run one case study from parsed arguments (shared by ``probes mediate`` and the scripts)."""
     from probes.cache.extract import parse_layers
-    from probes.mediation.estimator import METRICS, case_study, run_case_study
+    from probes.mediation import METRICS, case_study, run_case_study
     from probes.models.loading import load_model
 
     case = case_study(case_name or args.dataset)
@@ -82,7 +82,7 @@ def add_arguments(
     parser: argparse.ArgumentParser, *, pairs: int | None, dataset: bool, out: str | None = None
 ) -> None:
     """The options of ``probes mediate`` (``dataset=False`` for a fixed case-study script)."""
-    from probes.mediation.estimator import CASE_STUDIES
+    from probes.mediation import CASE_STUDIES
 
     parser.add_argument("--model", default="gemma-3-270m", help="model spec (default: %(default)s)")
     if dataset:

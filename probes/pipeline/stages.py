@@ -130,7 +130,7 @@ def stage_mediation(
 def _mediation_case(
     model: LoadedModel, cfg: Any, name: str, out: Path, store_size: int | None
 ) -> dict[str, Any]:
-    from probes.mediation.estimator import analyse_case_study, case_study
+    from probes.mediation import analyse_case_study, case_study
     from probes.viz.figures import save_figure
     from probes.viz.mediation import plot_mediation
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
 
-from probes.mediation.estimator import LayerMediation
+from probes.mediation.effects import LayerMediation
 from probes.viz.figures import PALETTE, _hex_to_rgba, _layout
 
 # effect name -> (legend label, colour, line dash)
