@@ -6,6 +6,7 @@ from __future__ import annotations
 from probes.mediation.cases import (
     CASE_STUDIES,
     CaseStudy,
+    CaseStudyResult,
     analyse_case_study,
     case_study,
     default_layers,
@@ -43,6 +44,7 @@ __all__ = [
     "EFFECTS",
     "METRICS",
     "CaseStudy",
+    "CaseStudyResult",
     "EffectEstimate",
     "LayerMediation",
     "MediatorSpec",

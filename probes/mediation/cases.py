@@ -1,14 +1,13 @@
 """The IP paper's three case studies (dialect, proficiency, echo chamber) on built-in behaviour
 items: twins, the attribute direction fitted per layer, mediation through it and through the
-whole residual, and a markdown table of the results.
+whole residual, and a markdown table of the results. Nothing here writes files or prints.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -75,6 +74,43 @@ def case_study(name: str) -> CaseStudy:
         if name in (case.name, case.behavior):
             return case
     raise ProbesError(f"no case study {name!r}; choose from {', '.join(CASE_STUDIES)}")
+
+
+@dataclass(frozen=True, eq=False)
+class CaseStudyResult:
+    """One case study's mediation: the per-mediator, per-layer results and how they were got."""
+
+    case: CaseStudy
+    model: dict[str, Any]  # LoadedModel.describe()
+    direction_method: str | None  # None when the directions were given
+    direction_accuracy: dict[int, float] | None  # held-out accuracy per layer (fitted case)
+    pairs: list[list[str]]  # [x pair_id, x' pair_id] per twin pair
+    config: dict[str, Any]  # n_boot, n_perm, seed, layers
+    seconds: float
+    results: dict[str, list[LayerMediation]] = field(repr=False)
+
+    @property
+    def best_layer(self) -> int | None:
+        """The layer where the direction classifies best (ties: the earliest); None if given."""
+        acc = self.direction_accuracy
+        return None if acc is None else max(acc, key=lambda k: (acc[k], -k))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON payload (``results.json``; the ``probes run`` mediation stage's result)."""
+        return {
+            "case_study": self.case.name,
+            "question": self.case.question,
+            "model": self.model,
+            "x_cue": self.case.base_cue,
+            "counterfactual_cue": self.case.counter_cue,
+            "metric": self.case.metric,
+            "direction_method": self.direction_method,
+            "direction_accuracy": self.direction_accuracy,
+            "pairs": self.pairs,
+            "config": self.config,
+            "seconds": self.seconds,
+            "results": {name: [r.to_dict() for r in rows] for name, rows in self.results.items()},
+        }
 
 
 def direction_accuracy(
@@ -193,14 +229,14 @@ def analyse_case_study(
     seed: int = 0,
     progress: bool = True,
     store_size: int | None = None,
-) -> tuple[dict[str, Any], dict[str, list[LayerMediation]]]:
+) -> CaseStudyResult:
     """Mediation of one case study through the attribute subspace and/or the whole residual.
 
     The subspace at each layer is ``method``'s direction (x's cue -> x''s cue) fitted on the
     probing dataset's store at that layer (``store_size`` examples; None: the dataset's
     default), unless ``directions`` are given. Without
     ``layers``: every 3rd layer, the last, and the layer where that direction classifies best.
-    Returns the JSON-able payload and the per-mediator results; writes and prints nothing.
+    Returns the result (``to_dict()`` is the JSON payload); writes and prints nothing.
     """
     import time
 
@@ -249,49 +285,24 @@ def analyse_case_study(
         seed=seed,
         progress=progress,
     )
-    payload = {
-        "case_study": case.name,
-        "question": case.question,
-        "model": model.describe(),
-        "x_cue": case.base_cue,
-        "counterfactual_cue": case.counter_cue,
-        "metric": case.metric,
-        "direction_method": None if directions else method,
-        "direction_accuracy": accuracy,
-        "pairs": [[x.pair_id, xp.pair_id] for x, xp in twins],
-        "config": {"n_boot": n_boot, "n_perm": n_perm, "seed": seed, "layers": chosen},
-        "seconds": round(time.perf_counter() - start, 1),
-        "results": {name: [r.to_dict() for r in rows] for name, rows in results.items()},
-    }
-    return payload, results
+    return CaseStudyResult(
+        case=case,
+        model=model.describe(),
+        direction_method=None if directions else method,
+        direction_accuracy=accuracy,
+        pairs=[[x.pair_id, xp.pair_id] for x, xp in twins],
+        config={"n_boot": n_boot, "n_perm": n_perm, "seed": seed, "layers": chosen},
+        seconds=round(time.perf_counter() - start, 1),
+        results=results,
+    )
 
 
-def run_case_study(model: LoadedModel, case: CaseStudy, *, out: str | Path, **kwargs: Any) -> dict:
-    """:func:`analyse_case_study`, then print the markdown tables and write ``results.json``
-    and ``mediation_{case}.html/.png`` into ``out``; returns the payload."""
-    from probes.atomic import atomic_write_json
-    from probes.viz.figures import save_figure
-    from probes.viz.mediation import plot_mediation
-
-    payload, results = analyse_case_study(model, case, **kwargs)
-    accuracy = payload["direction_accuracy"]
-    method = payload["direction_method"]
-    for name, rows in results.items():
-        what = "whole residual" if name == "residual" else f"{method or 'given'} direction(s)"
-        print(f"\n### {case.name}: mediator = {what} at the last token ({case.question})\n")
-        print(markdown_table(rows, accuracy if name == "subspace" else None))
-    if accuracy is not None:
-        best = max(accuracy, key=lambda k: (accuracy[k], -k))
-        print(
-            f"\nheld-out accuracy of the {case.base_cue}/{case.counter_cue} mean-difference "
-            f"classifier on {case.store_dataset}: best layer {best} ({accuracy[best]:.3f}); "
-            "chance 0.5"
+def run_case_study(model: LoadedModel, case: CaseStudy, **kwargs: Any) -> CaseStudyResult:
+    """The former name of :func:`analyse_case_study`; it too writes nothing (``probes mediate``
+    and ``probes run`` write ``results.json`` and the figures)."""
+    if "out" in kwargs:
+        raise ProbesError(
+            "run_case_study writes no files; write its result with "
+            "probes.cli.mediation.write_case_study(result, out)"
         )
-    out = Path(out)
-    atomic_write_json(out / "results.json", payload)
-    fig = plot_mediation(results, title=f"{case.name}: mediation by layer", subtitle=case.question)
-    files = save_figure(fig, out / f"mediation_{case.name}")
-    print(f"\nresults: {out / 'results.json'}; figures: {', '.join(str(f) for f in files)}")
-    n_pairs, chosen = len(payload["pairs"]), payload["config"]["layers"]
-    print(f"{case.name}: {payload['seconds']:.0f} s for {n_pairs} twin pairs, layers {chosen}")
-    return payload
+    return analyse_case_study(model, case, **kwargs)
