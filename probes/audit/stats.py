@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from jaxtyping import Float
 
+from probes import stats
 from probes.errors import ProbesError
-
-_CHUNK_CELLS = 4_000_000  # bound on array cells per vectorised resampling chunk
 
 
 @dataclass(frozen=True)
@@ -53,20 +52,10 @@ def pb_by_group(points: Float[np.ndarray, "k 2"], groups: Sequence[str]) -> dict
 
 
 def bootstrap_mean_interval(
-    values: Sequence[float] | np.ndarray, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05
+    values: Sequence[float] | np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
 ) -> Interval:
-    """The mean of ``values`` and its ``1 - alpha`` percentile-bootstrap interval."""
-    values = np.asarray(values, dtype=float)
-    if values.ndim != 1 or len(values) == 0:
-        raise ProbesError("values must be a non-empty 1-d array")
-    rng = np.random.default_rng(seed)
-    boot = np.concatenate(
-        [
-            values[rng.integers(0, len(values), (b, len(values)))].mean(axis=1)
-            for b in _chunks(n_boot, len(values))
-        ]
-    )
-    return Interval(float(values.mean()), *_percentiles(boot, alpha))
+    """The mean of ``values`` and its ``level`` percentile-bootstrap interval."""
+    return Interval(*stats.bootstrap_mean_interval(values, n_boot, seed, level))
 
 
 def pb_interval(
@@ -74,7 +63,7 @@ def pb_interval(
     utility: Float[np.ndarray, "p n_utility"],
     n_boot: int = 2000,
     seed: int = 0,
-    alpha: float = 0.05,
+    level: float = 0.95,
 ) -> Interval:
     """PB of per-persona mean (safety, utility) with a bootstrap over items.
 
@@ -95,7 +84,8 @@ def pb_interval(
         u = utility[:, rng.integers(0, utility.shape[1], (size, utility.shape[1]))].mean(axis=2)
         centred = np.stack([s, u], axis=2) - np.stack([s, u], axis=2).mean(axis=0)  # [p, B, 2]
         boot.append(np.sqrt((centred**2).sum(axis=2).mean(axis=0)))
-    return Interval(point, *_percentiles(np.concatenate(boot), alpha))
+    low, high = stats.percentile_bounds(np.concatenate(boot), level)
+    return Interval(point, float(low), float(high))
 
 
 def persona_permutation_test(
@@ -118,7 +108,7 @@ def persona_permutation_test(
         order = rng.random((size, *scores.shape)).argsort(axis=1)  # per item, a persona order
         shuffled = np.take_along_axis(np.broadcast_to(scores, order.shape), order, axis=1)
         hits += int((shuffled.mean(axis=2).var(axis=1) >= observed - tolerance).sum())
-    return (1 + hits) / (1 + n_perm)
+    return stats.permutation_p_value(hits, n_perm)
 
 
 def _matrix(values: np.ndarray, name: str) -> np.ndarray:
@@ -134,12 +124,4 @@ def _chunks(total: int, cells_per_draw: int) -> list[int]:
     """Split ``total`` draws into chunks that keep each vectorised step's arrays bounded."""
     if total < 1:
         raise ProbesError("the number of resamples must be at least 1")
-    step = max(1, _CHUNK_CELLS // max(1, cells_per_draw))
-    return [min(step, total - start) for start in range(0, total, step)]
-
-
-def _percentiles(samples: np.ndarray, alpha: float) -> tuple[float, float]:
-    if not 0 < alpha < 1:
-        raise ProbesError("alpha must be between 0 and 1")
-    low, high = np.quantile(samples, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
+    return stats.chunk_sizes(total, cells_per_draw)

@@ -6,8 +6,12 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from probes.errors import ProbesError
+
+if TYPE_CHECKING:
+    from probes.mediation import CaseStudyResult
 
 
 def _directions(spec: Sequence[str]) -> tuple[str, list] | tuple[None, list]:
@@ -43,10 +47,40 @@ def _positions(value: str) -> tuple[int, ...] | str:
         ) from exc
 
 
+def print_case_study(result: CaseStudyResult) -> None:
+    """The markdown table per mediator and, for fitted directions, the best layer's accuracy."""
+    from probes.mediation import markdown_table
+
+    case, accuracy = result.case, result.direction_accuracy
+    for name, rows in result.results.items():
+        method = result.direction_method
+        what = "whole residual" if name == "residual" else f"{method or 'given'} direction(s)"
+        print(f"\n### {case.name}: mediator = {what} at the last token ({case.question})\n")
+        print(markdown_table(rows, accuracy if name == "subspace" else None))
+    best = result.best_layer
+    if accuracy is not None and best is not None:
+        print(
+            f"\nheld-out accuracy of the {case.base_cue}/{case.counter_cue} mean-difference "
+            f"classifier on {case.store_dataset}: best layer {best} ({accuracy[best]:.3f}); "
+            "chance 0.5"
+        )
+
+
+def write_case_study(result: CaseStudyResult, out: str | Path) -> tuple[Path, list[Path]]:
+    """Write ``results.json`` and ``mediation_{case}.html/.png`` into ``out``."""
+    from probes.atomic import atomic_write_json
+    from probes.viz.mediation import save_case_study_figure
+
+    out = Path(out)
+    json_path = out / "results.json"
+    atomic_write_json(json_path, result.to_dict())
+    return json_path, save_case_study_figure(result, out)
+
+
 def run_from_args(args: argparse.Namespace, case_name: str | None = None) -> int:
     """Run one case study from parsed arguments (shared by ``probes mediate`` and the scripts)."""
     from probes.cache.extract import parse_layers
-    from probes.mediation.estimator import METRICS, case_study, run_case_study
+    from probes.mediation import METRICS, analyse_case_study, case_study
     from probes.models.loading import load_model
 
     case = case_study(case_name or args.dataset)
@@ -61,10 +95,9 @@ def run_from_args(args: argparse.Namespace, case_name: str | None = None) -> int
         raise ProbesError(f"--pairs must be at least 1, got {args.pairs}")
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     layers = None if args.layers is None else parse_layers(args.layers, model.n_layers)
-    run_case_study(
+    result = analyse_case_study(
         model,
         case,
-        out=args.out,
         layers=layers,
         pairs=args.pairs,
         method=method or "mean_diff",
@@ -75,6 +108,11 @@ def run_from_args(args: argparse.Namespace, case_name: str | None = None) -> int
         n_perm=args.n_perm,
         seed=args.seed,
     )
+    print_case_study(result)
+    json_path, files = write_case_study(result, args.out)
+    print(f"\nresults: {json_path}; figures: {', '.join(str(f) for f in files)}")
+    n_pairs, chosen = len(result.pairs), result.config["layers"]
+    print(f"{case.name}: {result.seconds:.0f} s for {n_pairs} twin pairs, layers {chosen}")
     return 0
 
 
@@ -82,7 +120,7 @@ def add_arguments(
     parser: argparse.ArgumentParser, *, pairs: int | None, dataset: bool, out: str | None = None
 ) -> None:
     """The options of ``probes mediate`` (``dataset=False`` for a fixed case-study script)."""
-    from probes.mediation.estimator import CASE_STUDIES
+    from probes.mediation import CASE_STUDIES
 
     parser.add_argument("--model", default="gemma-3-270m", help="model spec (default: %(default)s)")
     if dataset:

@@ -130,14 +130,14 @@ def stage_mediation(
 def _mediation_case(
     model: LoadedModel, cfg: Any, name: str, out: Path, store_size: int | None
 ) -> dict[str, Any]:
-    from probes.mediation.estimator import analyse_case_study, case_study
-    from probes.viz.figures import save_figure
-    from probes.viz.mediation import plot_mediation
+    """One case study for ``probes run``: its figure into ``out/figures``; returns the payload."""
+    from probes.mediation import analyse_case_study, case_study
+    from probes.viz.mediation import save_case_study_figure
 
     case = case_study(name)
     layers = _auto_layers(model, cfg.layers, "mediation")
     _say(f"mediation: {case.name} ({case.question})")
-    payload, rows = analyse_case_study(
+    result = analyse_case_study(
         model,
         case,
         layers=layers,
@@ -147,9 +147,8 @@ def _mediation_case(
         seed=0,
         store_size=store_size,
     )
-    fig = plot_mediation(rows, title=f"{case.name}: mediation by layer", subtitle=case.question)
-    save_figure(fig, out / "figures" / f"mediation_{case.name}")
-    return payload
+    save_case_study_figure(result, out / "figures")
+    return result.to_dict()
 
 
 def audit_tailoring(earlier: dict[str, Any]) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
+from probes import stats
 from probes.cache.store import ActivationStore
 from probes.errors import ProbesError
 
@@ -144,12 +145,8 @@ def bootstrap_interval(
     correct: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap interval of mean accuracy over examples; ``correct`` is [..., n]."""
-    rng = np.random.default_rng(seed)
-    n = correct.shape[-1]
-    idx = rng.integers(0, n, size=(n_boot, n))
-    means = correct[..., idx].mean(axis=-1)  # [..., n_boot]
-    alpha = (1 - level) / 2
-    return np.quantile(means, alpha, axis=-1), np.quantile(means, 1 - alpha, axis=-1)
+    means = stats.bootstrap_means(correct, n_boot, seed)  # [..., n_boot]
+    return stats.percentile_bounds(means, level)
 
 
 def classification_metrics(y: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str, float]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import plotly.graph_objects as go
 
-from probes.mediation.estimator import LayerMediation
-from probes.viz.figures import PALETTE, _hex_to_rgba, _layout
+from probes.mediation.cases import CaseStudyResult
+from probes.mediation.effects import LayerMediation
+from probes.viz.figures import PALETTE, _hex_to_rgba, _layout, save_figure
 
 # effect name -> (legend label, colour, line dash)
 _STYLE = {
@@ -111,3 +113,16 @@ def plot_mediation(
     )
     fig.update_annotations(font={"size": 13})
     return fig
+
+
+def plot_case_study(result: CaseStudyResult) -> go.Figure:
+    """:func:`plot_mediation` of a case study's results, titled by the case."""
+    case = result.case
+    return plot_mediation(
+        result.results, title=f"{case.name}: mediation by layer", subtitle=case.question
+    )
+
+
+def save_case_study_figure(result: CaseStudyResult, folder: str | Path) -> list[Path]:
+    """Write ``mediation_{case}.html/.json`` (and PNG if possible) into ``folder``."""
+    return save_figure(plot_case_study(result), Path(folder) / f"mediation_{result.case.name}")

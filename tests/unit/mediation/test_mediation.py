@@ -14,7 +14,7 @@ from probes.behavior.scoring import next_token_logprobs_at
 from probes.directions import Direction
 from probes.errors import ProbesError
 from probes.interventions.hooks import record
-from probes.mediation.estimator import (
+from probes.mediation import (
     EffectEstimate,
     LayerMediation,
     estimate_effect,
@@ -280,7 +280,7 @@ def test_cli_bad_input_is_a_probes_error(argv, message, tmp_path):
 
 def test_cli_names_case_studies_by_name_or_behaviour_set(tmp_path):
     from probes.cli.mediation import run_from_args
-    from probes.mediation.estimator import case_study
+    from probes.mediation import case_study
 
     assert case_study("belief") is case_study("echo_chamber")
     args = _parse(["--dataset", "gender", "--out", str(tmp_path), "--model", "nope"])
