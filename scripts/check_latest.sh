@@ -4,12 +4,12 @@
 # and prints the versions it tried beside the lock's, then what failed.
 #
 #   bash scripts/check_latest.sh                  # newest within pyproject.toml's ranges
-#   bash scripts/check_latest.sh --beyond-bounds  # also the newest torch-free releases past the
-#                                                 # upper bounds (transformers, transformer-lens)
+#   bash scripts/check_latest.sh --beyond-bounds  # also the newest transformers and
+#                                                 # transformer-lens past the upper bounds
 #   bash scripts/check_latest.sh -- -m "not integration"   # arguments after -- go to pytest
 #
-# torch stays at $TORCH (default: the lock's version): a torch upgrade is a multi-GB download
-# of a CUDA build; set TORCH=2.14.1 (or another release) to try one.
+# torch stays at the lock's version: a torch upgrade is a multi-GB download of a CUDA build.
+# TORCH=2.14.1 tries that release too (installed last, so the project's bound cannot undo it).
 # Exit status: 0 all tests passed, 1 some failed, 2 the environment could not be built.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
 done
 
 python=${PYTHON:-python3}
-torch_version=${TORCH:-$(sed -n 's/^torch==\([^ ;]*\).*/\1/p' constraints.txt)}
+torch_version=$(sed -n 's/^torch==\([^ ;]*\).*/\1/p' constraints.txt)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1
@@ -41,6 +41,10 @@ if [ "$beyond" -eq 1 ]; then
   echo "== past the upper bounds: the newest transformers and transformer-lens" >&2
   "$py" -m pip install --quiet --upgrade transformers transformer-lens 2>&1 \
     | grep -v "requires\|incompatible\|dependency resolver" >&2
+fi
+if [ -n "${TORCH:-}" ]; then
+  echo "== torch $TORCH" >&2
+  "$py" -m pip install --quiet "torch==$TORCH" 2>&1 | grep -v "requires\|incompatible\|dependency resolver" >&2
 fi
 
 echo
