@@ -186,7 +186,7 @@ def print_intervention_summary(result: dict[str, Any]) -> None:
     """Steering, patching and erasure in a few lines."""
     steering = result.get("steering")
     if steering:
-        from probes.cli.steering import print_steering_summary
+        from probes.pipeline.interventions import print_steering_summary
 
         print(f"\nsteering {result['attribute']}:")
         print_steering_summary(steering["summary"])
