@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from probes.errors import ProbesError
 
+if TYPE_CHECKING:
+    from probes.cache.store import ActivationStore
+
 DEFAULT_MODEL = "gemma-3-270m"
+STORE_HELP = "an activation store folder, or a cache root holding one (probes cache --out)"
 
 
 def add_model_args(
@@ -45,7 +50,7 @@ def resolve_store(path: str | Path) -> Path:
     )
 
 
-def open_store(path: str | Path) -> object:
+def open_store(path: str | Path) -> ActivationStore:
     """Open the activation store at ``path`` (a store folder or a root with one store)."""
     from probes.cache.store import ActivationStore
 
