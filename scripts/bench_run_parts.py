@@ -26,8 +26,8 @@ import numpy as np
 
 def _sweep(model: Any, layers: list[int], strengths: list[float], resume: bool) -> Any:
     import probes.interventions.steering as steering
-    from probes.cli.steering import directions_for
     from probes.datasets import load_behavior_items
+    from probes.pipeline.interventions import directions_for
 
     directions = directions_for(model, "dialect", layers, "mean_diff")
     items = load_behavior_items("dialect")

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from probes.cli.args import add_model_args
 from probes.errors import ProbesError
 
 
@@ -101,7 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description='Ask every item with "I am {persona}." for 31 identities and none; report '
         "personalization bias, tier-1/2/3 verdicts, the probes' read-out and a mitigation.",
     )
-    audit.add_argument("--model", default="gemma-3-270m", help="model spec (default: %(default)s)")
+    add_model_args(audit)
     audit.add_argument("--out", required=True, help="folder for results.json, report and figures")
     audit.add_argument("--policy", default=None, help="TOML policy file (default: packaged)")
     audit.add_argument(
@@ -123,22 +124,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     audit.add_argument("--batch-size", type=_positive, default=32)
     audit.add_argument("--seed", type=int, default=0)
     audit.add_argument("--quiet", action="store_true", help="no progress bars")
-    audit.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: auto)")
-    audit.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
     audit.set_defaults(func=run_from_args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m probes.cli.audit``); ``probes audit`` is the same."""
-    parser = argparse.ArgumentParser(prog="probes audit")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    args = parser.parse_args(["audit", *(argv if argv is not None else sys.argv[1:])])
-    try:
-        return args.func(args)
-    except ProbesError as exc:
-        print(f"probes audit: error: {exc}", file=sys.stderr)
-        return 2
+    """Stand-alone entry (``python -m probes.cli.audit``): exactly ``probes audit ARGS``."""
+    from probes.cli.main import main as probes_main
+
+    return probes_main(["audit", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from probes.cli.args import add_model_args
+
 
 def _handle(args: argparse.Namespace) -> int:
+    """Extract (or resume) the store and print where it is."""
     from probes.cache.extract import extract_dataset
     from probes.datasets import RenderSpec, load_dataset
     from probes.models.loading import load_model
 
     dataset = load_dataset(args.dataset, size=args.size, seed=args.seed)
-    model = load_model(args.model, device=args.device, dtype=args.model_dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     suffix = None
     if args.position == "suffix":
         suffix = args.suffix.replace("{attribute}", dataset.attribute.replace("_", " "))
@@ -23,7 +26,7 @@ def _handle(args: argparse.Namespace) -> int:
         sites=args.sites,
         position=args.position,
         suffix=suffix,
-        dtype=args.dtype,
+        dtype=args.store_dtype,
         batch_size=args.batch_size,
         cache_root=args.out,
     )
@@ -40,12 +43,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "cache", help="extract activations for a dataset into a resumable store"
     )
-    parser.add_argument("--model", default="gemma-3-270m", help="model spec (default: %(default)s)")
+    add_model_args(parser)
     parser.add_argument(
         "--dataset", required=True, help="built-in dataset name or a JSONL/CSV file"
     )
     parser.add_argument(
-        "--out", default=None, help="cache root (default: $PROBES_HOME/activations)"
+        "--out",
+        default=None,
+        help="cache root: the store is written to a subfolder named by its content hash, and "
+        "`probes probe --store` takes the root too while it holds one store "
+        "(default: $PROBES_HOME/activations)",
     )
     parser.add_argument("--layers", default="all", help="'all', '0,4,8' or '2-6'")
     parser.add_argument(
@@ -60,9 +67,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="read-out suffix for --position suffix",
     )
     parser.add_argument("--frame", default="raw", choices=["raw", "chat", "template"])
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--model-dtype", default=None, help="dtype to run the model in")
-    parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--store-dtype",
+        default="float32",
+        choices=["float32", "float16", "bfloat16"],
+        help="dtype the activations are stored in (default: %(default)s)",
+    )
+    parser.add_argument("--model-dtype", dest="dtype", help=argparse.SUPPRESS)  # old name
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--size", type=int, default=None, help="built-in dataset size")
     parser.add_argument("--seed", type=int, default=0)

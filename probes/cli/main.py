@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from probes import __version__
+from probes.cli.args import add_model_args
 from probes.errors import ProbesError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -60,15 +61,18 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from probes.pipeline.run import run_main_job
+    from probes.pipeline.run import RunOptions, run_main_job
 
-    return run_main_job(args)
-
-
-def _add_model_args(parser: argparse.ArgumentParser, default: str | None = "gemma-3-270m") -> None:
-    parser.add_argument("--model", default=default, help="model spec (default: %(default)s)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: auto)")
-    parser.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
+    options = RunOptions(
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        config=args.config,
+        quick=args.quick,
+        out=args.out,
+        fresh=args.fresh,
+    )
+    return run_main_job(options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,8 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="load a model and print its layers, sizes and fingerprint")
     info.add_argument("spec", help="gemma-3-270m, tiny-gemma3, tiny-gpt2, or a local folder")
-    info.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: auto)")
-    info.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
+    add_model_args(info, model=False)
     info.set_defaults(func=_cmd_info)
 
     doctor = sub.add_parser(
@@ -102,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(func=_cmd_doctor)
 
     run = sub.add_parser("run", help="the main job: run the suite on a model, write a run folder")
-    _add_model_args(run)
+    add_model_args(run)
     run.add_argument("--config", default=None, help="TOML config file")
     run.add_argument("--quick", action="store_true", help="small sizes, for a first look")
     run.add_argument("--out", default=None, help="run folder (default: runs/<timestamp>)")
@@ -144,17 +147,26 @@ def _plugin_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     return registrars
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def guarded(run: Callable[[], int | None], prog: str = "probes") -> int:
+    """Call ``run``; a ProbesError prints one line and returns 2, Ctrl-C returns 130.
+
+    The one place the command line turns errors a user can cause into an exit code (``main``,
+    and the case-study scripts through ``probes.cli.mediation.case_study_main``)."""
     try:
-        return int(args.func(args) or 0)
+        return int(run() or 0)
     except ProbesError as exc:
-        print(f"probes: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("probes: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``probes ARGS``: parse, run the subcommand, and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return guarded(lambda: args.func(args))
 
 
 if __name__ == "__main__":

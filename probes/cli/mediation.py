@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from probes.cli.args import add_model_args
 from probes.errors import ProbesError
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ def add_arguments(
     """The options of ``probes mediate`` (``dataset=False`` for a fixed case-study script)."""
     from probes.mediation import CASE_STUDIES
 
-    parser.add_argument("--model", default="gemma-3-270m", help="model spec (default: %(default)s)")
+    add_model_args(parser)
     if dataset:
         parser.add_argument(
             "--dataset",
@@ -164,8 +165,6 @@ def add_arguments(
     parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--n-perm", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: auto)")
-    parser.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
 
 
 def _handle_mediate(args: argparse.Namespace) -> int:
@@ -185,13 +184,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def case_study_main(case_name: str, description: str, argv: Sequence[str] | None = None) -> int:
     """Entry point of ``scripts/case_*.py``: parse, run, print one-line errors (exit 2)."""
-    import sys
+    from probes.cli.main import guarded
 
     parser = argparse.ArgumentParser(description=description)
     add_arguments(parser, pairs=12, dataset=False, out=f"runs/mediation/{case_name}")
     args = parser.parse_args(argv)
-    try:
-        return run_from_args(args, case_name)
-    except ProbesError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+    return guarded(lambda: run_from_args(args, case_name), prog=parser.prog)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from probes.atomic import atomic_write_json
+from probes.cli.args import STORE_HELP, open_store, resolve_store
 
 if TYPE_CHECKING:
     from probes.probing.layerwise import LayerwiseResult
@@ -30,11 +31,11 @@ def _print_table(result: LayerwiseResult) -> None:
 
 
 def _handle_probe(args: argparse.Namespace) -> int:
-    from probes.cache.store import ActivationStore
+    """Fit the layer-wise probes, write ``results.json`` and the figure, print the table."""
     from probes.probing.layerwise import fit_layerwise
     from probes.viz.figures import plot_layerwise, save_figure
 
-    store = ActivationStore.open(args.store)
+    store = open_store(args.store)
     result = fit_layerwise(
         store,
         site=args.site,
@@ -54,14 +55,17 @@ def _handle_probe(args: argparse.Namespace) -> int:
 
 
 def _handle_transfer(args: argparse.Namespace) -> int:
+    """Train on one store, test on the others; write ``results.json`` (and the matrix)."""
     from probes.cache.store import ActivationStore
     from probes.probing.layerwise import transfer, transfer_matrix
     from probes.viz.figures import plot_transfer, save_figure
 
-    train = ActivationStore.open(args.train)
+    train_path = resolve_store(args.train)
+    test_paths = [resolve_store(p) for p in args.test]
+    train = ActivationStore.open(train_path)
     out = Path(args.out)
     results = []
-    for path in args.test:
+    for path in test_paths:
         result = transfer(train, ActivationStore.open(path), site=args.site, C=args.C)
         results.append(result.to_dict())
         best = max(result.rows, key=lambda r: r["accuracy"])
@@ -72,7 +76,7 @@ def _handle_transfer(args: argparse.Namespace) -> int:
         )
     payload: dict = {"transfers": results}
     if args.layer is not None:
-        stores = {Path(p).name: ActivationStore.open(p) for p in [args.train, *args.test]}
+        stores = {p.name: ActivationStore.open(p) for p in [train_path, *test_paths]}
         matrix = transfer_matrix(stores, layer=args.layer, site=args.site, C=args.C)
         payload["matrix"] = matrix
         save_figure(plot_transfer(matrix), out / "transfer")
@@ -83,7 +87,7 @@ def _handle_transfer(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     probe = subparsers.add_parser("probe", help="layer-wise probes with controls on a store")
-    probe.add_argument("--store", required=True, help="an activation store folder")
+    probe.add_argument("--store", required=True, help=STORE_HELP)
     probe.add_argument("--out", required=True, help="folder for results.json and figures")
     probe.add_argument("--site", default="resid_post")
     probe.add_argument("--folds", type=int, default=5)
@@ -95,8 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     probe.set_defaults(func=_handle_probe)
 
     tr = subparsers.add_parser("transfer", help="train a probe on one store, test on others")
-    tr.add_argument("--train", required=True, help="store to train on")
-    tr.add_argument("--test", required=True, nargs="+", help="stores to test on")
+    tr.add_argument("--train", required=True, help="store to train on (" + STORE_HELP + ")")
+    tr.add_argument("--test", required=True, nargs="+", help="stores to test on (each as --train)")
     tr.add_argument("--out", required=True)
     tr.add_argument("--site", default="resid_post")
     tr.add_argument("--C", type=float, default=1.0)

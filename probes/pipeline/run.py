@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import json
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +186,7 @@ def print_intervention_summary(result: dict[str, Any]) -> None:
     """Steering, patching and erasure in a few lines."""
     steering = result.get("steering")
     if steering:
-        from probes.cli.steering import print_steering_summary
+        from probes.pipeline.interventions import print_steering_summary
 
         print(f"\nsteering {result['attribute']}:")
         print_steering_summary(steering["summary"])
@@ -253,15 +253,33 @@ def print_audit_summary(audit: dict[str, Any]) -> None:
         )
 
 
-def run_main_job(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``probes run`` was asked: None means the config's (or the default) value."""
+
+    model: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    config: str | Path | None = None
+    quick: bool = False
+    out: str | Path | None = None
+    fresh: bool = False
+
+
+def run_main_job(options: RunOptions) -> int:
+    """Run the configured stages into one run folder, write results.json and report.html."""
     from probes.models.loading import load_model
     from probes.pipeline.config import load_config
 
     config = load_config(
-        args.config, quick=args.quick, model=args.model, device=args.device, dtype=args.dtype
+        options.config,
+        quick=options.quick,
+        model=options.model,
+        device=options.device,
+        dtype=options.dtype,
     )
     start = time.perf_counter()
-    out = Path(args.out) if args.out else default_run_dir()
+    out = Path(options.out) if options.out else default_run_dir()
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     from probes.models.loading import EMBEDDED_SPEC, convert_embedded, is_converted
@@ -277,7 +295,7 @@ def run_main_job(args: argparse.Namespace) -> int:
     from probes.models.loading import probes_home
     from probes.pipeline.stage_cache import StageCache
 
-    cache = StageCache(probes_home() / "stages", reuse=not getattr(args, "fresh", False))
+    cache = StageCache(probes_home() / "stages", reuse=not options.fresh)
     # the weights fingerprint does not cover the HF config (soft-cap, rope...): key on it too,
     # but not on where the model folder is
     hf_config = {k: v for k, v in model.hf_model.config.to_dict().items() if k != "_name_or_path"}
@@ -335,7 +353,7 @@ def run_main_job(args: argparse.Namespace) -> int:
         "torch": torch.__version__,
         "model": model.describe(),
         "config": config.to_dict(),
-        "quick": bool(args.quick),
+        "quick": bool(options.quick),
         "stages": stages,
         "seconds": seconds,
         "reused": runner.reused,

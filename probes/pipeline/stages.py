@@ -56,10 +56,10 @@ def stage_interventions(
     """Steering sweep (with random controls), the patching heatmap and LEACE erasure; the
     directions and the eraser come from the attribute's store of ``store_size`` examples."""
     from probes.cache.extract import extract_dataset
-    from probes.cli.steering import run_patching, run_steering
     from probes.datasets import load_dataset
     from probes.datasets.cues import CUES
     from probes.interventions.erasure import effect_under_band, probe_after_erasure
+    from probes.pipeline.interventions import run_patching, run_steering
 
     figures = out / "figures"
     result: dict[str, Any] = {"attribute": cfg.attribute}

@@ -72,3 +72,42 @@ def test_run_on_tiny_model_writes_results_and_figures(tmp_path, capsys, monkeypa
     report = (out / "report.html").read_text()
     for title in ("Probes:", "Steering dialect", "Mediation: dialect", "Concept erasure"):
         assert title in report
+
+
+def test_run_builds_typed_options(monkeypatch):
+    from probes.pipeline import run as run_module
+
+    seen = []
+    monkeypatch.setattr(run_module, "run_main_job", lambda options: seen.append(options) or 0)
+    argv = ["run", "--model", "tiny-gemma3", "--device", "cpu", "--quick", "--fresh"]
+    assert main([*argv, "--dtype", "float32", "--out", "somewhere"]) == 0
+    assert seen == [
+        run_module.RunOptions(
+            model="tiny-gemma3",
+            device="cpu",
+            dtype="float32",
+            config=None,
+            quick=True,
+            out="somewhere",
+            fresh=True,
+        )
+    ]
+
+
+def test_cache_root_is_a_store_for_probe_until_it_holds_two(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PROBES_HOME", str(tmp_path / "home"))
+    root = tmp_path / "acts"
+    cache = ["cache", "--model", "tiny-gemma3", "--dataset", "age", "--size", "16"]
+    assert main([*cache, "--out", str(root), "--layers", "0,2"]) == 0
+    assert "float32" in capsys.readouterr().out
+    probe = ["probe", "--store", str(root), "--n-boot", "20", "--no-bow"]
+    assert main([*probe, "--out", str(tmp_path / "probe")]) == 0
+    assert (tmp_path / "probe" / "results.json").is_file()
+    capsys.readouterr()
+    # --dtype is the model's; the store's is --store-dtype
+    assert main([*cache, "--out", str(root), "--layers", "1", "--store-dtype", "float16"]) == 0
+    assert "float16" in capsys.readouterr().out
+    assert main([*probe, "--out", str(tmp_path / "probe2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "2 stores" in err and "Traceback" not in err
+    assert all(p.name in err for p in root.iterdir() if p.is_dir())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -142,11 +141,11 @@ CONFIG = (
 
 
 def _run(tmp_path: Path, out: str, fresh: bool = False) -> dict:
-    from probes.pipeline.run import run_main_job
+    from probes.pipeline.run import RunOptions, run_main_job
 
     config = tmp_path / "run.toml"
     config.write_text(CONFIG)
-    args = argparse.Namespace(
+    options = RunOptions(
         config=str(config),
         quick=False,
         model="tiny-gemma3",
@@ -155,7 +154,7 @@ def _run(tmp_path: Path, out: str, fresh: bool = False) -> dict:
         out=str(tmp_path / out),
         fresh=fresh,
     )
-    assert run_main_job(args) == 0
+    assert run_main_job(options) == 0
     return json.loads((tmp_path / out / "results.json").read_text())
 
 
