@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _plugin_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommands owned by other modules (each exposes ``register(subparsers)``)."""
-    registrars = []
+    registrars: list[Callable[[argparse._SubParsersAction], None]] = []
     try:
         from probes.cli.datasets import register as register_datasets
 

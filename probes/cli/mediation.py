@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from probes.cli.args import add_model_args
 from probes.errors import ProbesError
@@ -37,7 +37,7 @@ def _directions(spec: Sequence[str]) -> tuple[str, list] | tuple[None, list]:
     return None, loaded
 
 
-def _positions(value: str) -> tuple[int, ...] | str:
+def _positions(value: str) -> tuple[int, ...] | Literal["all"]:
     if value in ("last", "all"):
         return (-1,) if value == "last" else "all"
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import platform
@@ -56,7 +57,7 @@ def dialect_first_look(model: Any) -> dict[str, Any]:
         lps[:, len(UK_TEAMS) :], 1
     )
     greedy = greedy_continuations(model, prompts, max_new_tokens=8)
-    rows = []
+    rows: list[dict[str, dict[str, Any]]] = []
     for k in range(len(DIALECT_PAIRS)):
         rows.append(
             {
@@ -103,8 +104,8 @@ def stage_probes(model: Any, cfg: ProbeStageConfig, runner: StageRunner) -> dict
             f"probes: {name}",
             "probes",
             inputs,
-            lambda name=name, with_reading=with_reading: _probe_attribute(
-                model, cfg, layers, name, with_reading, runner.out / "figures"
+            functools.partial(
+                _probe_attribute, model, cfg, layers, name, with_reading, runner.out / "figures"
             ),
         )
         fitted.append(unit["result"])
@@ -136,7 +137,10 @@ def _probe_attribute(
     from probes.probing.layerwise import LayerwiseResult, fit_layerwise
     from probes.viz.figures import plot_layerwise, plot_reading_vs_control, save_figure
 
-    store_args = {"render_spec": RenderSpec(frame=cfg.frame), "layers": "all"}
+    store_args: dict[str, Any] = {
+        "render_spec": RenderSpec(frame=cfg.frame),  # type: ignore[arg-type]
+        "layers": "all",
+    }
     store_args["batch_size"] = cfg.batch_size
 
     def probe(dataset: Any, **position: Any) -> LayerwiseResult:

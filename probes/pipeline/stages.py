@@ -4,6 +4,7 @@ figures into the run folder's ``figures/``."""
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,7 @@ def stage_mediation(
             f"mediation: {name}",
             "mediation",
             {"case": name, "settings": settings, "store_size": store_size},
-            lambda name=name: _mediation_case(model, cfg, name, runner.out, store_size),
+            functools.partial(_mediation_case, model, cfg, name, runner.out, store_size),
         )
     return result
 
