@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import probes.audit.run as audit
+import probes.audit.scoring as audit_scoring
+from probes.audit.bias import pb_change, pb_null
 from probes.audit.items import (
     SafetyItem,
     UtilityItem,
@@ -19,25 +20,13 @@ from probes.audit.items import (
     render_safety,
     stratified_subset,
 )
-from probes.audit.run import (
-    AuditPass,
-    Rule,
-    Tier1Policy,
-    fit_mitigation,
-    item_folds,
-    load_policy,
-    mitigate,
-    parse_policy,
-    pb_change,
-    pb_null,
-    readout,
-    run_audit,
-    score_pass,
-    tier1_flags,
-    tier2_checks,
-)
-from probes.audit.scoring import PersonaScores
+from probes.audit.mitigation import fit_mitigation, mitigate
+from probes.audit.policy import Rule, Tier1Policy, load_policy, parse_policy
+from probes.audit.readout import readout
+from probes.audit.run import run_audit
+from probes.audit.scoring import AuditPass, PersonaScores, item_folds, score_pass
 from probes.audit.stats import personalization_bias
+from probes.audit.tiers import tier1_flags, tier2_checks
 from probes.datasets import PERSONAS
 from probes.errors import ConfigError, ProbesError
 from probes.interventions.hooks import record
@@ -346,8 +335,8 @@ def test_mitigation_removes_a_persona_dependence_that_runs_through_the_residual(
     def perfect_utility(model, items, persona, batch_size=32):
         return np.ones(len(items))
 
-    monkeypatch.setattr(audit, "score_safety", planted_safety)
-    monkeypatch.setattr(audit, "utility_logprob_margin", perfect_utility)
+    monkeypatch.setattr(audit_scoring, "score_safety", planted_safety)
+    monkeypatch.setattr(audit_scoring, "utility_logprob_margin", perfect_utility)
     base = score_pass(
         tiny_gemma, personas, utility_items, safety_items, record_layers=[layer], progress=False
     )
