@@ -59,6 +59,7 @@ from probes.audit.readout import (
     readout_highlights,
     readout_layer,
 )
+from probes.audit.result import AuditResult, MitigationResult, PBSummary
 from probes.audit.run import all_personas, run_audit
 from probes.audit.scoring import (
     BASELINE_GROUP,
@@ -105,8 +106,11 @@ __all__ = [
     "UTILITY_FILE",
     "AuditPass",
     "AuditPolicy",
+    "AuditResult",
     "Interval",
     "Mitigation",
+    "MitigationResult",
+    "PBSummary",
     "PersonaScores",
     "Rule",
     "SafetyItem",

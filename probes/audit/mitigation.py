@@ -22,6 +22,7 @@ from probes.audit.bias import (
 from probes.audit.items import SafetyItem, UtilityItem
 from probes.audit.policy import AuditPolicy
 from probes.audit.readout import readout
+from probes.audit.result import MitigationResult, PBSummary
 from probes.audit.scoring import N_FOLDS, AuditPass, score_pass
 from probes.audit.stats import bootstrap_mean_interval
 from probes.audit.tiers import tier1_flags
@@ -140,7 +141,7 @@ def mitigate(
     seed: int = 0,
     batch_size: int = 32,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> MitigationResult:
     """Re-run the audit with the persona directions mean-ablated (cross-fitted) and report what
     PB, tier 1, utility, the read-out and neutral text make of it."""
     mitigation = fit_mitigation(base, n_layers, layers)
@@ -160,28 +161,28 @@ def mitigate(
     before_s, after_s = base.scores, after.scores
     change = after_s.utility_correct.mean(0) - before_s.utility_correct.mean(0)  # per item
     b, a = baseline_row(before_s), baseline_row(after_s)
-    result = {
-        "method": (
+    result = MitigationResult(
+        method=(
             "mean-ablation at the last prompt token of the span of the 31 identity-minus-"
             "no-persona mean differences, cross-fitted over 2 item folds"
         ),
-        "layers": list(mitigation.layers),
-        "n_directions": len(mitigation.directions[0]),
-        "pb_after": pb_summary(after_s, n_boot, n_perm, seed),
-        "pb_change": pb_change(before_s, after_s, n_boot, seed),
-        "personas_after": persona_rows(after_s, n_boot, seed),
-        "tier1_after": tier1_flags(after_s, policy.tier1, n_boot, seed),
-        "utility_before": float(before_s.utility_correct.mean()),
-        "utility_after": float(after_s.utility_correct.mean()),
-        "utility_change": bootstrap_mean_interval(change, n_boot, seed).to_dict(),
-        "baseline_utility_before": float(before_s.utility_correct[b].mean()),
-        "baseline_utility_after": float(after_s.utility_correct[a].mean()),
-        "baseline_refusal_log_odds_before": float(before_s.safety[b].mean()),
-        "baseline_refusal_log_odds_after": float(after_s.safety[a].mean()),
-        "neutral_kl": kl,
-        "scores_after": scores_dict(after_s),
-    }
+        layers=list(mitigation.layers),
+        n_directions=len(mitigation.directions[0]),
+        pb_after=PBSummary.from_dict(pb_summary(after_s, n_boot, n_perm, seed)),
+        pb_change=pb_change(before_s, after_s, n_boot, seed),
+        personas_after=persona_rows(after_s, n_boot, seed),
+        tier1_after=tier1_flags(after_s, policy.tier1, n_boot, seed),
+        utility_before=float(before_s.utility_correct.mean()),
+        utility_after=float(after_s.utility_correct.mean()),
+        utility_change=bootstrap_mean_interval(change, n_boot, seed).to_dict(),
+        baseline_utility_before=float(before_s.utility_correct[b].mean()),
+        baseline_utility_after=float(after_s.utility_correct[a].mean()),
+        baseline_refusal_log_odds_before=float(before_s.safety[b].mean()),
+        baseline_refusal_log_odds_after=float(after_s.safety[a].mean()),
+        neutral_kl=kl,
+        scores_after=scores_dict(after_s),
+    )
     if probes and after.safety_acts is not None:
-        result["readout_after"] = readout(probes, after_s, after.safety_acts)
-    result["seconds"] = round(after.seconds + time.perf_counter() - start, 1)
+        result.readout_after = readout(probes, after_s, after.safety_acts)
+    result.seconds = round(after.seconds + time.perf_counter() - start, 1)
     return result

@@ -21,6 +21,7 @@ from probes.audit.items import load_safety_items, load_utility_items, stratified
 from probes.audit.mitigation import mitigate
 from probes.audit.policy import load_policy
 from probes.audit.readout import READOUT_ATTRIBUTES, fit_readout_probe, readout, readout_layer
+from probes.audit.result import AuditResult, PBSummary
 from probes.audit.scoring import score_pass
 from probes.audit.tiers import tier1_flags, tier2_checks, tier3_tailoring
 from probes.datasets import PERSONAS
@@ -51,9 +52,10 @@ def run_audit(
     png: bool = True,
     cache_root: str | Path | None = None,
     store_size: int | None = None,
-) -> dict[str, Any]:
-    """The persona audit end to end; writes its figures into ``out/figures``, returns a
-    JSON-able dict (``audit_report.audit_sections`` turns it into report sections).
+) -> AuditResult:
+    """The persona audit end to end; writes its figures into ``out/figures``, returns an
+    :class:`AuditResult` (``to_dict()`` is JSON-able; ``report.audit.audit_sections`` turns it
+    into report sections).
 
     ``max_items`` caps both item sets with a category-balanced subset (cost is about
     ``32 x 2 x max_items`` forward passes per pass; the mitigation adds a second pass).
@@ -81,23 +83,22 @@ def run_audit(
     )
     seconds["audit"] = round(base.seconds, 1)
     scores = base.scores
-    result: dict[str, Any] = {
-        "model": model.name,
-        "n_utility_items": len(utility_items),
-        "n_safety_items": len(safety_items),
-        "max_items": max_items,
-        "n_personas": len(scores.personas),
-        "policy": audit_policy.to_dict(),
-        "personas": persona_rows(scores, n_boot, seed),
-        **pb_summary(scores, n_boot, n_perm, seed),
-        "tier1": tier1_flags(scores, audit_policy.tier1, n_boot, seed),
-        "tier2": tier2_checks(
-            scores, utility_items, safety_items, audit_policy.rules, n_boot, seed
-        ),
-        "scores": scores_dict(scores),
-    }
+    result = AuditResult(
+        model=model.name,
+        n_utility_items=len(utility_items),
+        n_safety_items=len(safety_items),
+        max_items=max_items,
+        n_personas=len(scores.personas),
+        policy=audit_policy.to_dict(),
+        personas=persona_rows(scores, n_boot, seed),
+        bias=PBSummary.from_dict(pb_summary(scores, n_boot, n_perm, seed)),
+        tier1=tier1_flags(scores, audit_policy.tier1, n_boot, seed),
+        tier2=tier2_checks(scores, utility_items, safety_items, audit_policy.rules, n_boot, seed),
+        scores=scores_dict(scores),
+        tier3={},
+    )
     t = time.perf_counter()
-    result["tier3"] = tier3_tailoring(model, tailoring, batch_size)
+    result.tier3 = tier3_tailoring(model, tailoring, batch_size)
     seconds["tier3"] = round(time.perf_counter() - t, 1)
     probes: dict[str, tuple[Any, float]] = {}
     if readout_attributes:
@@ -106,10 +107,10 @@ def run_audit(
             probes[attribute] = fit_readout_probe(
                 model, attribute, layer, seed, progress, cache_root, size=store_size
             )
-        result["readout"] = {"layer": layer, **readout(probes, scores, base.safety_acts)}
+        result.readout = {"layer": layer, **readout(probes, scores, base.safety_acts)}
         seconds["readout"] = round(time.perf_counter() - t, 1)
     if mitigation:
-        result["mitigation"] = mitigate(
+        result.mitigation = mitigate(
             model,
             base,
             utility_items,
@@ -123,8 +124,8 @@ def run_audit(
             batch_size=batch_size,
             progress=progress,
         )
-        seconds["mitigation"] = result["mitigation"]["seconds"]
-    result["figures"] = write_audit_figures(result, Path(out) / "figures", png=png)
+        seconds["mitigation"] = result.mitigation.seconds
+    result.figures = write_audit_figures(result.to_dict(), Path(out) / "figures", png=png)
     seconds["total"] = round(time.perf_counter() - start, 1)
-    result["seconds"] = seconds
+    result.seconds = seconds
     return result

@@ -175,7 +175,7 @@ def stage_audit(
     from probes.audit.run import run_audit
 
     _say(f"audit: {cfg.max_items or 'all'} items per set, policy {cfg.policy or 'default'}")
-    return run_audit(
+    result = run_audit(
         model,
         out,
         max_items=cfg.max_items,
@@ -186,3 +186,4 @@ def stage_audit(
         mitigation=cfg.mitigation,
         store_size=store_size,
     )
+    return result.to_dict()  # the stage cache stores this; AuditResult.from_dict rebuilds it

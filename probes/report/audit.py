@@ -10,6 +10,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from probes.audit.result import AuditResult
 from probes.report.page import Section, write_report
 from probes.viz.figures import PALETTE, _hex_to_rgba, _layout, save_figure
 
@@ -585,8 +586,14 @@ def _mitigation(result: dict[str, Any]) -> Section:
     )
 
 
-def audit_sections(result: dict[str, Any]) -> list[Section]:
+def _as_dict(result: AuditResult | dict[str, Any]) -> dict[str, Any]:
+    """The JSON structure of a result (a cached stage result is already one)."""
+    return result.to_dict() if isinstance(result, AuditResult) else result
+
+
+def audit_sections(result: AuditResult | dict[str, Any]) -> list[Section]:
     """The audit's sections of a report, in reading order."""
+    result = _as_dict(result)
     sections = [_overview(result), _tier1(result), _tier2(result), _tier3(result)]
     if result.get("readout", {}).get("attributes"):
         sections.append(_readout(result))
@@ -607,8 +614,11 @@ def audit_sections(result: dict[str, Any]) -> list[Section]:
     return sections
 
 
-def write_audit_report(out: Path, result: dict[str, Any], header: dict[str, Any]) -> Path:
+def write_audit_report(
+    out: Path, result: AuditResult | dict[str, Any], header: dict[str, Any]
+) -> Path:
     """``out/report.html`` of a ``probes audit`` run."""
+    result = _as_dict(result)
     return write_report(
         Path(out), f"probes audit: {result['model']}", header, audit_sections(result)
     )

@@ -23,6 +23,7 @@ from probes.audit.items import (
 from probes.audit.mitigation import fit_mitigation, mitigate
 from probes.audit.policy import Rule, Tier1Policy, load_policy, parse_policy
 from probes.audit.readout import readout
+from probes.audit.result import AuditResult
 from probes.audit.run import run_audit
 from probes.audit.scoring import AuditPass, PersonaScores, item_folds, score_pass
 from probes.audit.stats import personalization_bias
@@ -65,7 +66,14 @@ def test_run_audit_end_to_end_writes_results_report_and_figures(tiny_gemma, tmp_
         png=False,
         cache_root=tmp_path / "cache",
     )
-    json.dumps(result)  # JSON-able throughout
+    data = result.to_dict()
+    json.dumps(data)  # JSON-able throughout
+    assert AuditResult.from_dict(data).to_dict() == data
+    assert list(AuditResult.from_dict(json.loads(json.dumps(data))).to_dict()) == list(data)
+    assert result.mitigation is not None and result.readout is not None
+    assert result.pb == data["pb"]
+    assert result.mitigation.pb_after.pb == data["mitigation"]["pb_after"]["pb"]
+    result = data
     assert result["n_personas"] == 32 and result["n_identities"] == 31
     assert len(result["personas"]) == 32 and result["personas"][0]["persona"] == "none"
     assert result["n_utility_items"] == 4 and result["n_safety_items"] == 4
@@ -100,6 +108,9 @@ def test_run_audit_without_mitigation_or_readout_and_with_given_tailoring(tiny_g
         progress=False,
         png=False,
     )
+    assert result.mitigation is None and result.readout is None
+    assert AuditResult.from_dict(result.to_dict()).to_dict() == result.to_dict()
+    result = result.to_dict()
     assert "mitigation" not in result and "readout" not in result
     assert result["tier3"]["measures"] == {
         "dialect_steering_flip_rate": 0.4,
@@ -357,8 +368,8 @@ def test_mitigation_removes_a_persona_dependence_that_runs_through_the_residual(
     pb_before = personalization_bias(
         np.stack([(base.scores.safety[1:] > 0).mean(1), np.ones(len(personas) - 1)], axis=1)
     )
-    pb_after = result["pb_after"]["pb"]["estimate"]
+    pb_after = result.pb_after.pb["estimate"]
     assert pb_before > 0.1 and pb_after < 0.5 * pb_before
-    assert result["pb_change"]["low"] > 0
-    after = np.asarray(result["scores_after"]["safety_log_odds"]).mean(1)
+    assert result.pb_change["low"] > 0
+    after = np.asarray(result.scores_after["safety_log_odds"]).mean(1)
     assert after.std() < 0.5 * spread.std()  # the continuous dependence shrinks too
