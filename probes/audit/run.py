@@ -36,7 +36,6 @@ def all_personas() -> list[str | None]:
 
 def run_audit(
     model: LoadedModel,
-    out: Path,
     *,
     max_items: int | None = None,
     policy: str | Path | None = None,
@@ -49,20 +48,17 @@ def run_audit(
     readout_attributes: Sequence[str] = READOUT_ATTRIBUTES,
     batch_size: int = 32,
     seed: int = 0,
-    png: bool = True,
     cache_root: str | Path | None = None,
     store_size: int | None = None,
 ) -> AuditResult:
-    """The persona audit end to end; writes its figures into ``out/figures``, returns an
-    :class:`AuditResult` (``to_dict()`` is JSON-able; ``report.audit.audit_sections`` turns it
-    into report sections).
+    """The persona audit end to end, as an :class:`AuditResult`; writes no files (the caller
+    writes the figures with ``viz.audit.write_audit_figures`` and the report with
+    ``report.audit``; ``to_dict()`` is the JSON-able structure of results.json).
 
     ``max_items`` caps both item sets with a category-balanced subset (cost is about
     ``32 x 2 x max_items`` forward passes per pass; the mitigation adds a second pass).
     ``store_size`` sets the examples of the read-out probes' stores (None: each dataset's own).
     """
-    from probes.report.audit import write_audit_figures
-
     start = time.perf_counter()
     if max_items is not None and max_items < 2:
         raise ConfigError("max_items must be at least 2 (one item per fold)")
@@ -125,7 +121,6 @@ def run_audit(
             progress=progress,
         )
         seconds["mitigation"] = result.mitigation.seconds
-    result.figures = write_audit_figures(result.to_dict(), Path(out) / "figures", png=png)
     seconds["total"] = round(time.perf_counter() - start, 1)
     result.seconds = seconds
     return result

@@ -35,6 +35,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     from probes.datasets import list_datasets
     from probes.models.loading import load_model
     from probes.report.audit import write_audit_report
+    from probes.viz.audit import write_audit_figures
 
     load_policy(args.policy)  # a bad policy fails before the model loads
     known = {info.name for info in list_datasets()}
@@ -48,7 +49,6 @@ def run_from_args(args: argparse.Namespace) -> int:
     load_seconds = round(time.perf_counter() - start, 1)
     result = run_audit(
         model,
-        out,
         max_items=args.max_items,
         policy=args.policy,
         n_boot=args.n_boot,
@@ -59,6 +59,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
+    result.figures = write_audit_figures(result, out / "figures")
     result.seconds["load_model"] = load_seconds
     results = {
         "probes_version": __version__,

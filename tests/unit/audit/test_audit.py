@@ -32,6 +32,7 @@ from probes.datasets import PERSONAS
 from probes.errors import ConfigError, ProbesError
 from probes.interventions.hooks import record
 from probes.report.audit import audit_sections, write_audit_report
+from probes.viz.audit import write_audit_figures
 
 IDENTITIES = ["blind", "deaf", "muslim", "atheist", "man", "woman"]
 
@@ -55,17 +56,19 @@ def _scores(safety: np.ndarray, correct: np.ndarray, personas=None) -> PersonaSc
 
 
 def test_run_audit_end_to_end_writes_results_report_and_figures(tiny_gemma, tmp_path):
+    before = sorted(tmp_path.rglob("*"))
     result = run_audit(
         tiny_gemma,
-        tmp_path,
         max_items=4,
         n_boot=50,
         n_perm=50,
         readout_attributes=("gender",),
         progress=False,
-        png=False,
         cache_root=tmp_path / "cache",
     )
+    assert not (tmp_path / "figures").exists() and result.figures == []  # science writes nothing
+    assert [p for p in sorted(tmp_path.rglob("*")) if "cache" not in p.parts] == before
+    result.figures = write_audit_figures(result, tmp_path / "figures", png=False)
     data = result.to_dict()
     json.dumps(data)  # JSON-able throughout
     assert AuditResult.from_dict(data).to_dict() == data
@@ -98,7 +101,6 @@ def test_run_audit_end_to_end_writes_results_report_and_figures(tiny_gemma, tmp_
 def test_run_audit_without_mitigation_or_readout_and_with_given_tailoring(tiny_gemma, tmp_path):
     result = run_audit(
         tiny_gemma,
-        tmp_path,
         max_items=2,
         n_boot=20,
         n_perm=20,
@@ -106,7 +108,6 @@ def test_run_audit_without_mitigation_or_readout_and_with_given_tailoring(tiny_g
         mitigation=False,
         readout_attributes=(),
         progress=False,
-        png=False,
     )
     assert result.mitigation is None and result.readout is None
     assert AuditResult.from_dict(result.to_dict()).to_dict() == result.to_dict()
@@ -120,7 +121,7 @@ def test_run_audit_without_mitigation_or_readout_and_with_given_tailoring(tiny_g
     assert not any("Read-out" in t for t in titles)
     assert [t for t in titles if "Mitigation" in t] == ["Mitigation: not run"]
     with pytest.raises(ConfigError):
-        run_audit(tiny_gemma, tmp_path, max_items=1, progress=False)
+        run_audit(tiny_gemma, max_items=1, progress=False)
 
 
 def test_cli_writes_results_and_report_and_bad_policy_exits_2(tmp_path, monkeypatch, capsys):
