@@ -1,9 +1,17 @@
 """The persona audit: items, policy, scoring, bias statistics, tiers, read-out, mitigation and the
-run.
+run (``policy``, ``scoring``, ``bias``, ``tiers``, ``readout``, ``mitigation``, ``run``).
 """
 
 from __future__ import annotations
 
+from probes.audit.bias import (
+    pb_change,
+    pb_null,
+    pb_summary,
+    persona_name,
+    persona_rows,
+    refusal_rate,
+)
 from probes.audit.items import (
     COMPLIANCE_OPENINGS,
     COMPLIANCE_PHRASES,
@@ -25,52 +33,45 @@ from probes.audit.items import (
     stratified_subset,
     utility_items_from_records,
 )
-from probes.audit.run import (
-    DEFAULT_POLICY,
-    EXPECTED_CLASS,
-    N_FOLDS,
-    POLICY_PACKAGE,
-    READOUT_ATTRIBUTES,
-    RULE_KINDS,
-    TIER1_METRICS,
-    AuditPass,
-    AuditPolicy,
+from probes.audit.mitigation import (
     Mitigation,
-    Rule,
-    Tier1Policy,
-    all_personas,
     fit_mitigation,
-    fit_readout_probe,
-    item_folds,
-    load_policy,
     mitigate,
     neutral_kl,
-    openings_are_single_tokens,
-    parse_policy,
-    pb_change,
-    pb_null,
-    pb_summary,
-    persona_name,
-    persona_rows,
     persona_signal,
+)
+from probes.audit.policy import (
+    DEFAULT_POLICY,
+    POLICY_PACKAGE,
+    RULE_KINDS,
+    TIER1_METRICS,
+    AuditPolicy,
+    Rule,
+    Tier1Policy,
+    load_policy,
+    parse_policy,
+)
+from probes.audit.readout import (
+    EXPECTED_CLASS,
+    READOUT_ATTRIBUTES,
+    fit_readout_probe,
     readout,
     readout_highlights,
     readout_layer,
-    recording_last_token,
-    refusal_rate,
-    run_audit,
-    score_pass,
-    tier1_flags,
-    tier2_checks,
-    tier3_tailoring,
-    twin_effect,
 )
+from probes.audit.result import AuditResult, MitigationResult, PBSummary
+from probes.audit.run import all_personas, run_audit
 from probes.audit.scoring import (
     BASELINE_GROUP,
+    N_FOLDS,
+    AuditPass,
     PersonaScores,
     choice_logprobs_for_prompts,
+    item_folds,
+    openings_are_single_tokens,
+    recording_last_token,
     safety_scores_for_prompts,
-    score_personas,
+    score_pass,
     score_safety,
     score_utility,
     utility_logprob_margin,
@@ -84,6 +85,8 @@ from probes.audit.stats import (
     persona_permutation_test,
     personalization_bias,
 )
+from probes.audit.tiers import tier1_flags, tier2_checks, tier3_tailoring
+from probes.behavior.twins import twin_effect  # tier 3's measure, exported here before the split
 
 __all__ = [
     "BASELINE_GROUP",
@@ -103,8 +106,11 @@ __all__ = [
     "UTILITY_FILE",
     "AuditPass",
     "AuditPolicy",
+    "AuditResult",
     "Interval",
     "Mitigation",
+    "MitigationResult",
+    "PBSummary",
     "PersonaScores",
     "Rule",
     "SafetyItem",
@@ -147,7 +153,6 @@ __all__ = [
     "safety_items_from_records",
     "safety_scores_for_prompts",
     "score_pass",
-    "score_personas",
     "score_safety",
     "score_utility",
     "stratified_subset",

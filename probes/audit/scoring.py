@@ -2,17 +2,23 @@
 
 Everything goes through the batched scoring helpers of ``probes.behavior.scoring``, which
 compute logits only at the positions scored. One persona is one chunk of calls (all its
-items at once).
+items at once). :func:`score_pass` is the one persona scorer: every persona on the same items,
+recording the last prompt token's residual on the way when asked (for the read-out and the
+mitigation), or scoring each item fold under an intervention (the mitigated pass).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from jaxtyping import Float
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from probes.audit.items import (
@@ -22,14 +28,17 @@ from probes.audit.items import (
     UtilityItem,
     render_safety,
     render_utility,
-    stratified_subset,
 )
 from probes.behavior.scoring import answer_set_logprobs, continuation_logprobs, next_token_logits_at
+from probes.cache.store import SITE_HOOKS
 from probes.datasets import PERSONAS
-from probes.models.batching import encode
+from probes.errors import ProbesError
+from probes.interventions.hooks import record, selected, tracking_steps
+from probes.models.batching import current_rows, encode
 from probes.models.loading import LoadedModel
 
 BASELINE_GROUP = "none"
+N_FOLDS = 2
 
 
 def choice_logprobs_for_prompts(
@@ -183,37 +192,135 @@ class PersonaScores:
         return np.stack([values.mean(axis=1), self.utility_correct.mean(axis=1)], axis=1)
 
 
-def score_personas(
+@contextmanager
+def recording_last_token(
+    model: LoadedModel, layers: Sequence[int], n_prompts: int
+) -> Iterator[Float[Tensor, "n layers d_model"]]:
+    """While the scorers run, write each prompt's last-token residual (resid_post) per layer.
+
+    Rows follow the prompt list of the scoring call inside (its declared batch rows); prompt
+    positions count from the declared prompt end, so a scored continuation is not recorded.
+    """
+    out = torch.zeros(n_prompts, len(layers), model.d_model)
+    with tracking_steps(model) as tracker:
+
+        def make(j: int) -> Callable[..., None]:
+            def hook(acts: Tensor, hook: Any) -> None:
+                step = tracker.step
+                if step is None:
+                    raise ProbesError("recording hook fired outside a tracked forward pass")
+                where = selected(step, "all", (-1,)).to(acts.dtype)
+                picked = torch.einsum("bq,bqd->bd", where, acts)
+                out[current_rows(acts.shape[0]), j] = picked.float().cpu()
+
+            return hook
+
+        hooks = [
+            (SITE_HOOKS["resid_post"].format(layer=layer), make(j))
+            for j, layer in enumerate(layers)
+        ]
+        with model.bridge.hooks(fwd_hooks=hooks):
+            yield out
+
+
+@dataclass(frozen=True)
+class AuditPass:
+    """Scores of one pass, and (baseline pass) the recorded residuals.
+
+    ``fold_means[p, f, l]``: persona p's mean last-token residual over the items of fold f at
+    ``layers[l]`` (utility and safety prompts pooled). ``safety_acts[p, i]``: the residual at
+    the end of safety prompt i at ``readout_layer``.
+    """
+
+    scores: PersonaScores
+    layers: tuple[int, ...] = ()
+    fold_means: np.ndarray | None = None  # [p, folds, layers, d]
+    readout_layer: int | None = None
+    safety_acts: np.ndarray | None = None  # [p, n_safety, d]
+    seconds: float = 0.0
+
+
+def openings_are_single_tokens(model: LoadedModel) -> bool:
+    """Whether the safety scorer runs one forward pass per request, so that a recording hook
+    sees the requests' own rows (with multi-token openings it runs one pass per opening)."""
+    openings = (*REFUSAL_OPENINGS, *COMPLIANCE_OPENINGS)
+    return all(
+        len(model.tokenizer(o, add_special_tokens=False)["input_ids"]) == 1 for o in openings
+    )
+
+
+def item_folds(n: int, n_folds: int = N_FOLDS) -> np.ndarray:
+    """Fold of each item: alternating, so each fold keeps the category mix of a stratified set."""
+    return np.arange(n) % n_folds
+
+
+def score_pass(
     model: LoadedModel,
     personas: Sequence[str | None],
     utility_items: Sequence[UtilityItem],
     safety_items: Sequence[SafetyItem],
+    *,
+    record_layers: Sequence[int] = (),
+    readout_layer: int | None = None,
+    intervention: Callable[[int], Any] | None = None,
     batch_size: int = 32,
     progress: bool = True,
-    max_utility: int | None = None,
-    max_safety: int | None = None,
-    refusals: Sequence[str] = REFUSAL_OPENINGS,
-    compliances: Sequence[str] = COMPLIANCE_OPENINGS,
-) -> PersonaScores:
-    """Utility and safety scores of each persona (None: no persona) on the same items.
+    desc: str = "persona audit",
+) -> AuditPass:
+    """Utility margins and safety scores of every persona on the same items.
 
-    ``max_utility`` / ``max_safety`` cap the item sets with a category-balanced subset. Cost per
-    persona: one forward pass per item with single-token openings and choices; multi-token
-    openings (e.g. ``REFUSAL_PHRASES``) add one pass per opening and request.
+    ``record_layers``: record the last-token residual at these layers (fold means and the
+    read-out layer's per-prompt safety residuals). ``intervention(fold)``: a context manager
+    active while the items of that fold are scored (the mitigated pass).
     """
-    utility_items = stratified_subset(utility_items, max_utility)
-    safety_items = stratified_subset(safety_items, max_safety)
-    margins, safety = [], []
-    for persona in tqdm(personas, desc="persona audit", disable=not progress):
-        margins.append(utility_logprob_margin(model, utility_items, persona, batch_size))
-        safety.append(score_safety(model, safety_items, persona, batch_size, refusals, compliances))
-    margin = np.stack(margins) if margins else np.zeros((0, len(utility_items)))
-    return PersonaScores.from_margins(
-        personas,
-        utility_items,
-        safety_items,
-        margin,
-        np.stack(safety) if safety else np.zeros((0, len(safety_items))),
+    start = time.perf_counter()
+    layers = tuple(sorted(set(record_layers) | ({readout_layer} - {None})))
+    u_fold, s_fold = item_folds(len(utility_items)), item_folds(len(safety_items))
+    margins = np.zeros((len(personas), len(utility_items)))
+    safety = np.zeros((len(personas), len(safety_items)))
+    fold_means = np.zeros((len(personas), N_FOLDS, len(layers), model.d_model), np.float32)
+    safety_acts = None
+    if readout_layer is not None:
+        safety_acts = np.zeros((len(personas), len(safety_items), model.d_model), np.float32)
+    folds = range(N_FOLDS) if intervention is not None else [None]
+    one_pass = openings_are_single_tokens(model)
+    for p, persona in enumerate(tqdm(personas, desc=desc, disable=not progress)):
+        for fold in folds:
+            u_idx = np.flatnonzero(u_fold == fold) if fold is not None else np.arange(len(u_fold))
+            s_idx = np.flatnonzero(s_fold == fold) if fold is not None else np.arange(len(s_fold))
+            u_items = [utility_items[i] for i in u_idx]
+            s_items = [safety_items[i] for i in s_idx]
+            with ExitStack() as stack:
+                if intervention is not None:
+                    stack.enter_context(intervention(fold))
+                if layers:
+                    u_acts = stack.enter_context(recording_last_token(model, layers, len(u_items)))
+                margins[p, u_idx] = utility_logprob_margin(model, u_items, persona, batch_size)
+            with ExitStack() as stack:
+                if intervention is not None:
+                    stack.enter_context(intervention(fold))
+                if layers and one_pass:
+                    s_acts = stack.enter_context(recording_last_token(model, layers, len(s_items)))
+                safety[p, s_idx] = score_safety(model, s_items, persona, batch_size)
+                if layers and not one_pass:  # the scorer ran one pass per opening: record apart
+                    prompts = [render_safety(item, persona) for item in s_items]
+                    recorded = record(model, prompts, layers, batch_size=batch_size)
+                    s_acts = torch.stack([recorded[layer][:, 0] for layer in layers], dim=1)
+            if layers:
+                for f in range(N_FOLDS):
+                    pooled = torch.cat([u_acts[u_fold[u_idx] == f], s_acts[s_fold[s_idx] == f]])
+                    if len(pooled):
+                        fold_means[p, f] = pooled.mean(0).numpy()
+                if safety_acts is not None:
+                    safety_acts[p, s_idx] = s_acts[:, layers.index(readout_layer)].numpy()
+    scores = PersonaScores.from_margins(personas, utility_items, safety_items, margins, safety)
+    return AuditPass(
+        scores=scores,
+        layers=layers,
+        fold_means=fold_means if layers else None,
+        readout_layer=readout_layer,
+        safety_acts=safety_acts,
+        seconds=time.perf_counter() - start,
     )
 
 

@@ -32,10 +32,11 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     from probes import __version__
     from probes.atomic import atomic_write_json
-    from probes.audit.run import load_policy, run_audit
+    from probes.audit import load_policy, run_audit
     from probes.datasets import list_datasets
     from probes.models.loading import load_model
     from probes.report.audit import write_audit_report
+    from probes.viz.audit import write_audit_figures
 
     load_policy(args.policy)  # a bad policy fails before the model loads
     known = {info.name for info in list_datasets()}
@@ -49,7 +50,6 @@ def run_from_args(args: argparse.Namespace) -> int:
     load_seconds = round(time.perf_counter() - start, 1)
     result = run_audit(
         model,
-        out,
         max_items=args.max_items,
         policy=args.policy,
         n_boot=args.n_boot,
@@ -60,38 +60,40 @@ def run_from_args(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
-    result["seconds"]["load_model"] = load_seconds
+    result.figures = write_audit_figures(result, out / "figures")
+    result.seconds["load_model"] = load_seconds
     results = {
         "probes_version": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "model": model.describe(),
-        "audit": result,
+        "audit": result.to_dict(),
     }
     atomic_write_json(out / "results.json", results)
     header = {
         "model": results["model"],
         "probes version": __version__,
-        "items": f"{result['n_utility_items']} questions, {result['n_safety_items']} requests",
-        "policy": result["policy"]["source"],
-        "seconds": result["seconds"],
+        "items": f"{result.n_utility_items} questions, {result.n_safety_items} requests",
+        "policy": result.policy["source"],
+        "seconds": result.seconds,
     }
     report = write_audit_report(out, result, header)
-    pb, mit = result["pb"], result.get("mitigation")
+    pb, perm, mit = result.pb, result.bias.permutation_p, result.mitigation
     print(
         f"PB {pb['estimate']:.3f} [{pb['low']:.3f}, {pb['high']:.3f}] over "
-        f"{result['n_identities']} identities (item noise alone: {result['pb_null']['mean']:.3f}); "
-        f"persona matters: safety p {result['permutation_p']['safety_log_odds']:.3g}, "
-        f"utility p {result['permutation_p']['utility_margin']:.3g}"
+        f"{result.bias.n_identities} identities (item noise alone: "
+        f"{result.bias.pb_null['mean']:.3f}); "
+        f"persona matters: safety p {perm['safety_log_odds']:.3g}, "
+        f"utility p {perm['utility_margin']:.3g}"
     )
-    flagged = result["tier1"]["flagged"]
+    flagged = result.flagged
     print(f"tier 1: {len(flagged)} flagged{': ' + ', '.join(flagged) if flagged else ''}")
     if mit:
         print(
-            f"mitigation: PB {pb['estimate']:.3f} -> {mit['pb_after']['pb']['estimate']:.3f}, "
-            f"utility {mit['utility_change']['estimate']:+.3f}, KL {mit['neutral_kl']:.3f} nats"
+            f"mitigation: PB {pb['estimate']:.3f} -> {mit.pb_after.pb['estimate']:.3f}, "
+            f"utility {mit.utility_change['estimate']:+.3f}, KL {mit.neutral_kl:.3f} nats"
         )
-    print(f"results in {out / 'results.json'} ({result['seconds']['total']} s)\nreport: {report}")
+    print(f"results in {out / 'results.json'} ({result.seconds['total']} s)\nreport: {report}")
     return 0
 
 

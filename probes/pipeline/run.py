@@ -237,23 +237,26 @@ def print_mediation_summary(result: dict[str, Any]) -> None:
 
 def print_audit_summary(audit: dict[str, Any]) -> None:
     """PB with its interval, the permutation test, tier-1 flags and the mitigation."""
-    pb = audit["pb"]
-    flagged = [r["persona"] for r in audit["tier1"]["rows"] if r["flagged"]]
+    from probes.audit.result import AuditResult
+
+    result = AuditResult.from_dict(audit)
+    pb, perm = result.pb, result.bias.permutation_p
+    flagged = [r["persona"] for r in result.tier1["rows"] if r["flagged"]]
     print(
-        f"\npersona audit ({audit['n_personas']} personas, {audit['n_utility_items']} questions, "
-        f"{audit['n_safety_items']} requests): PB {pb['estimate']:.3f} "
+        f"\npersona audit ({result.n_personas} personas, {result.n_utility_items} questions, "
+        f"{result.n_safety_items} requests): PB {pb['estimate']:.3f} "
         f"[{pb['low']:.3f}, {pb['high']:.3f}]; does the persona matter? permutation p "
-        f"{audit['permutation_p']['safety_log_odds']:.3g} (safety), "
-        f"{audit['permutation_p']['utility_margin']:.3g} (utility); "
+        f"{perm['safety_log_odds']:.3g} (safety), "
+        f"{perm['utility_margin']:.3g} (utility); "
         f"tier 1 flags {len(flagged)}: {', '.join(flagged) or 'none'}"
     )
-    mitigation = audit.get("mitigation")
+    mitigation = result.mitigation
     if mitigation:
-        after = mitigation["pb_after"]["pb"]
+        after = mitigation.pb_after.pb
         print(
-            f"  mitigation (persona directions ablated at layers {mitigation['layers']}): PB -> "
-            f"{after['estimate']:.3f}; utility {mitigation['utility_change']['estimate']:+.3f}; "
-            f"KL on neutral text {mitigation['neutral_kl']:.3f} nats"
+            f"  mitigation (persona directions ablated at layers {mitigation.layers}): PB -> "
+            f"{after['estimate']:.3f}; utility {mitigation.utility_change['estimate']:+.3f}; "
+            f"KL on neutral text {mitigation.neutral_kl:.3f} nats"
         )
 
 

@@ -173,11 +173,11 @@ def stage_audit(
 ) -> dict[str, Any]:
     """The persona audit with mitigation and tiers; tier 3 shows what earlier stages measured."""
     from probes.audit.run import run_audit
+    from probes.viz.audit import write_audit_figures
 
     _say(f"audit: {cfg.max_items or 'all'} items per set, policy {cfg.policy or 'default'}")
-    return run_audit(
+    result = run_audit(
         model,
-        out,
         max_items=cfg.max_items,
         policy=cfg.policy,
         n_boot=cfg.n_boot,
@@ -186,3 +186,5 @@ def stage_audit(
         mitigation=cfg.mitigation,
         store_size=store_size,
     )
+    result.figures = write_audit_figures(result, out / "figures")
+    return result.to_dict()  # the stage cache stores this; AuditResult.from_dict rebuilds it

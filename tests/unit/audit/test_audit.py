@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import probes.audit.run as audit
+import probes.audit.scoring as audit_scoring
+from probes.audit.bias import pb_change, pb_null
 from probes.audit.items import (
     SafetyItem,
     UtilityItem,
@@ -19,29 +20,19 @@ from probes.audit.items import (
     render_safety,
     stratified_subset,
 )
-from probes.audit.run import (
-    AuditPass,
-    Rule,
-    Tier1Policy,
-    fit_mitigation,
-    item_folds,
-    load_policy,
-    mitigate,
-    parse_policy,
-    pb_change,
-    pb_null,
-    readout,
-    run_audit,
-    score_pass,
-    tier1_flags,
-    tier2_checks,
-)
-from probes.audit.scoring import PersonaScores
+from probes.audit.mitigation import fit_mitigation, mitigate
+from probes.audit.policy import Rule, Tier1Policy, load_policy, parse_policy
+from probes.audit.readout import readout
+from probes.audit.result import AuditResult
+from probes.audit.run import run_audit
+from probes.audit.scoring import AuditPass, PersonaScores, item_folds, score_pass
 from probes.audit.stats import personalization_bias
+from probes.audit.tiers import tier1_flags, tier2_checks
 from probes.datasets import PERSONAS
 from probes.errors import ConfigError, ProbesError
 from probes.interventions.hooks import record
 from probes.report.audit import audit_sections, write_audit_report
+from probes.viz.audit import write_audit_figures
 
 IDENTITIES = ["blind", "deaf", "muslim", "atheist", "man", "woman"]
 
@@ -65,18 +56,27 @@ def _scores(safety: np.ndarray, correct: np.ndarray, personas=None) -> PersonaSc
 
 
 def test_run_audit_end_to_end_writes_results_report_and_figures(tiny_gemma, tmp_path):
+    before = sorted(tmp_path.rglob("*"))
     result = run_audit(
         tiny_gemma,
-        tmp_path,
         max_items=4,
         n_boot=50,
         n_perm=50,
         readout_attributes=("gender",),
         progress=False,
-        png=False,
         cache_root=tmp_path / "cache",
     )
-    json.dumps(result)  # JSON-able throughout
+    assert not (tmp_path / "figures").exists() and result.figures == []  # science writes nothing
+    assert [p for p in sorted(tmp_path.rglob("*")) if "cache" not in p.parts] == before
+    result.figures = write_audit_figures(result, tmp_path / "figures", png=False)
+    data = result.to_dict()
+    json.dumps(data)  # JSON-able throughout
+    assert AuditResult.from_dict(data).to_dict() == data
+    assert list(AuditResult.from_dict(json.loads(json.dumps(data))).to_dict()) == list(data)
+    assert result.mitigation is not None and result.readout is not None
+    assert result.pb == data["pb"]
+    assert result.mitigation.pb_after.pb == data["mitigation"]["pb_after"]["pb"]
+    result = data
     assert result["n_personas"] == 32 and result["n_identities"] == 31
     assert len(result["personas"]) == 32 and result["personas"][0]["persona"] == "none"
     assert result["n_utility_items"] == 4 and result["n_safety_items"] == 4
@@ -101,7 +101,6 @@ def test_run_audit_end_to_end_writes_results_report_and_figures(tiny_gemma, tmp_
 def test_run_audit_without_mitigation_or_readout_and_with_given_tailoring(tiny_gemma, tmp_path):
     result = run_audit(
         tiny_gemma,
-        tmp_path,
         max_items=2,
         n_boot=20,
         n_perm=20,
@@ -109,8 +108,10 @@ def test_run_audit_without_mitigation_or_readout_and_with_given_tailoring(tiny_g
         mitigation=False,
         readout_attributes=(),
         progress=False,
-        png=False,
     )
+    assert result.mitigation is None and result.readout is None
+    assert AuditResult.from_dict(result.to_dict()).to_dict() == result.to_dict()
+    result = result.to_dict()
     assert "mitigation" not in result and "readout" not in result
     assert result["tier3"]["measures"] == {
         "dialect_steering_flip_rate": 0.4,
@@ -120,7 +121,7 @@ def test_run_audit_without_mitigation_or_readout_and_with_given_tailoring(tiny_g
     assert not any("Read-out" in t for t in titles)
     assert [t for t in titles if "Mitigation" in t] == ["Mitigation: not run"]
     with pytest.raises(ConfigError):
-        run_audit(tiny_gemma, tmp_path, max_items=1, progress=False)
+        run_audit(tiny_gemma, max_items=1, progress=False)
 
 
 def test_cli_writes_results_and_report_and_bad_policy_exits_2(tmp_path, monkeypatch, capsys):
@@ -346,8 +347,8 @@ def test_mitigation_removes_a_persona_dependence_that_runs_through_the_residual(
     def perfect_utility(model, items, persona, batch_size=32):
         return np.ones(len(items))
 
-    monkeypatch.setattr(audit, "score_safety", planted_safety)
-    monkeypatch.setattr(audit, "utility_logprob_margin", perfect_utility)
+    monkeypatch.setattr(audit_scoring, "score_safety", planted_safety)
+    monkeypatch.setattr(audit_scoring, "utility_logprob_margin", perfect_utility)
     base = score_pass(
         tiny_gemma, personas, utility_items, safety_items, record_layers=[layer], progress=False
     )
@@ -368,8 +369,8 @@ def test_mitigation_removes_a_persona_dependence_that_runs_through_the_residual(
     pb_before = personalization_bias(
         np.stack([(base.scores.safety[1:] > 0).mean(1), np.ones(len(personas) - 1)], axis=1)
     )
-    pb_after = result["pb_after"]["pb"]["estimate"]
+    pb_after = result.pb_after.pb["estimate"]
     assert pb_before > 0.1 and pb_after < 0.5 * pb_before
-    assert result["pb_change"]["low"] > 0
-    after = np.asarray(result["scores_after"]["safety_log_odds"]).mean(1)
+    assert result.pb_change["low"] > 0
+    after = np.asarray(result.scores_after["safety_log_odds"]).mean(1)
     assert after.std() < 0.5 * spread.std()  # the continuous dependence shrinks too

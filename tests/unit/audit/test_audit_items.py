@@ -27,7 +27,7 @@ from probes.audit.items import (
 from probes.audit.scoring import (
     choice_logprobs_for_prompts,
     safety_scores_for_prompts,
-    score_personas,
+    score_pass,
 )
 from probes.behavior.scoring import continuation_logprobs
 from probes.datasets import PERSONAS
@@ -168,17 +168,15 @@ def test_single_token_openings_take_the_one_pass_path_with_equal_scores(tiny_gem
     np.testing.assert_allclose(fast, want.numpy(), atol=1e-6)
 
 
-def test_score_personas_shapes_groups_and_points(tiny_gemma) -> None:
-    scores = score_personas(
+def test_score_pass_shapes_groups_and_points(tiny_gemma) -> None:
+    scores = score_pass(
         tiny_gemma,
         [None, "muslim"],
-        load_utility_items(),
-        load_safety_items(),
+        stratified_subset(load_utility_items(), 3),
+        stratified_subset(load_safety_items(), 2),
         batch_size=8,
         progress=False,
-        max_utility=3,
-        max_safety=2,
-    )
+    ).scores
     assert scores.groups == ("none", "religion")
     assert scores.utility_correct.shape == scores.utility_margin.shape == (2, 3)
     assert scores.safety.shape == (2, 2) and np.isfinite(scores.safety).all()
