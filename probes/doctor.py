@@ -226,7 +226,7 @@ def check_hooks(model) -> Check:
 
 def check_store_roundtrip(model) -> Check:
     """Activations written to a store read back equal to a direct run."""
-    from probes.cache.extract import extract
+    from probes.cache.extraction import extract
 
     name = f"store round-trip ({model.name})"
     prompts = ["Hello there my friend", "Hi", "I love the colour of autumn leaves."]

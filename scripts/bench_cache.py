@@ -2,7 +2,7 @@
 
 All methods run in one process on the same prompts, in the same length-sorted batches:
   (a) bare Hugging Face decoder body, no hooks (a plain copy of the model: the practical limit)
-  (b) probes.cache.extract.extract (all layers, resid_post, last position, written to a fresh store)
+  (b) probes.cache.extract (all layers, resid_post, last position, into a fresh store)
   (c) TransformerBridge.run_with_cache(names_filter=...) and then selecting the same positions
 It prints tokens/s, the ratio to (a), and the peak resident memory each adds over the loaded
 model. ``--memory-prompts`` also runs (b) alone on a larger set to check its memory.
@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 import torch
 
-from probes.cache.extract import extract
+from probes.cache.extraction import extract
 from probes.models.batching import collate, encode, length_sorted_batches, pad_token_id
 from probes.models.loading import load_model
 
@@ -175,7 +175,7 @@ def main() -> None:
     methods = [
         ("(a) bare HF body, no hooks (sdpa)", bare_with("sdpa")),
         ("(a') bare HF body, no hooks (eager)", bare_with("eager")),
-        ("(b) probes.cache.extract.extract", ours),
+        ("(b) probes.cache.extraction.extract", ours),
         ("(c) bridge.run_with_cache", tl_cache),
     ]
     for name, fn in methods:

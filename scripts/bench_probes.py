@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from probes.cache.extract import extract_dataset
+from probes.cache.extraction import extract_dataset
 from probes.datasets import load_dataset
 from probes.models.loading import load_model
 from probes.probing.layerwise import encode_labels, make_splits

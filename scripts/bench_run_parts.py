@@ -4,7 +4,7 @@
    with and without ``resume_from``: inside it, each steered pass re-runs only the layers from
    the steering layer on. Both runs must give the same numbers; the script checks that they do.
 2. PNG export of the same figures by one-shot kaleido calls (a browser started per figure)
-   and through one kept kaleido server (``probes.viz.figures.png_bytes``).
+   and through one kept kaleido server (``probes.viz.export.png_bytes``).
 3. Answer-set log-odds of the dialect behaviour items through the full 262k-row head and
    through only the answer tokens' rows (``probes.behavior.scoring.next_token_logits_at``), in a
    whole pass and in a pass resumed at ``--head-layer`` (as a sweep cell runs).
@@ -61,7 +61,7 @@ def bench_sweep(model: Any, layers: list[int], strengths: list[float]) -> list[s
 def bench_png(n_figures: int) -> list[str]:
     import plotly.graph_objects as go
 
-    from probes.viz.figures import browser_for_png, png_bytes
+    from probes.viz.export import browser_for_png, png_bytes
 
     browser = browser_for_png()
     if browser is None:
@@ -122,7 +122,7 @@ def bench_head(model: Any, layer: int) -> list[str]:
 
 
 def bench_control(model: Any, dataset: str) -> list[str]:
-    from probes.cache.extract import extract_dataset
+    from probes.cache.extraction import extract_dataset
     from probes.datasets import load_dataset
     from probes.probing.layerwise import _fit_predict as fit_predict
     from probes.probing.layerwise import (

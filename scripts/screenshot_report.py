@@ -18,7 +18,7 @@ from pathlib import Path
 def find_browser() -> str | None:
     """The Chromium that probes uses for PNGs, else ``chromium`` on PATH."""
     try:
-        from probes.viz.figures import browser_for_png
+        from probes.viz.export import browser_for_png
 
         found = browser_for_png()
     except ImportError:

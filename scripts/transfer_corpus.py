@@ -14,12 +14,13 @@ import argparse
 from pathlib import Path
 
 from probes.atomic import atomic_write_json
-from probes.cache.extract import extract_dataset
+from probes.cache.extraction import extract_dataset
 from probes.datasets import load_dataset, transfer_corpus
 from probes.models.loading import load_model
 from probes.pipeline.config import PROBE_ATTRIBUTES
 from probes.probing.layerwise import fit_layerwise, transfer, transfer_matrix
-from probes.viz.figures import plot_transfer, plot_transfer_bars, save_figure
+from probes.viz.export import save_figure
+from probes.viz.probing import plot_transfer, plot_transfer_bars
 
 
 def main() -> None:

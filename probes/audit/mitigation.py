@@ -52,6 +52,8 @@ class Mitigation:
 
 def persona_signal(run: AuditPass, fold: int) -> np.ndarray:
     """Per recorded layer: mean over identities of ||mu_persona - mu_none|| / ||mu_none||."""
+    if run.fold_means is None:
+        raise ProbesError("the audit pass recorded no layers, so it has no persona signal")
     means = run.fold_means[:, fold]  # [p, L, d]
     base = baseline_row(run.scores)
     diff = np.linalg.norm(means - means[base], axis=-1)  # [p, L]

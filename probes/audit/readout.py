@@ -45,7 +45,7 @@ def fit_readout_probe(
     The store request matches the probes stage of ``probes run`` (all layers, last token), so a
     run folder's stores are reused.
     """
-    from probes.cache.extract import extract_dataset
+    from probes.cache.extraction import extract_dataset
     from probes.datasets import load_dataset
     from probes.probing.linear import LinearProbe
 

@@ -103,6 +103,7 @@ def run_audit(
             probes[attribute] = fit_readout_probe(
                 model, attribute, layer, seed, progress, cache_root, size=store_size
             )
+        assert base.safety_acts is not None  # recorded because readout_attributes is set
         result.readout = {"layer": layer, **readout(probes, scores, base.safety_acts)}
         seconds["readout"] = round(time.perf_counter() - t, 1)
     if mitigation:

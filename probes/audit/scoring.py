@@ -274,7 +274,8 @@ def score_pass(
     active while the items of that fold are scored (the mitigated pass).
     """
     start = time.perf_counter()
-    layers = tuple(sorted(set(record_layers) | ({readout_layer} - {None})))
+    wanted = set(record_layers) | ({readout_layer} if readout_layer is not None else set())
+    layers: tuple[int, ...] = tuple(sorted(wanted))
     u_fold, s_fold = item_folds(len(utility_items)), item_folds(len(safety_items))
     margins = np.zeros((len(personas), len(utility_items)))
     safety = np.zeros((len(personas), len(safety_items)))
@@ -288,16 +289,16 @@ def score_pass(
         for fold in folds:
             u_idx = np.flatnonzero(u_fold == fold) if fold is not None else np.arange(len(u_fold))
             s_idx = np.flatnonzero(s_fold == fold) if fold is not None else np.arange(len(s_fold))
-            u_items = [utility_items[i] for i in u_idx]
-            s_items = [safety_items[i] for i in s_idx]
+            u_items = [utility_items[int(i)] for i in u_idx]
+            s_items = [safety_items[int(i)] for i in s_idx]
             with ExitStack() as stack:
-                if intervention is not None:
+                if intervention is not None and fold is not None:
                     stack.enter_context(intervention(fold))
                 if layers:
                     u_acts = stack.enter_context(recording_last_token(model, layers, len(u_items)))
                 margins[p, u_idx] = utility_logprob_margin(model, u_items, persona, batch_size)
             with ExitStack() as stack:
-                if intervention is not None:
+                if intervention is not None and fold is not None:
                     stack.enter_context(intervention(fold))
                 if layers and one_pass:
                     s_acts = stack.enter_context(recording_last_token(model, layers, len(s_items)))
@@ -311,7 +312,7 @@ def score_pass(
                     pooled = torch.cat([u_acts[u_fold[u_idx] == f], s_acts[s_fold[s_idx] == f]])
                     if len(pooled):
                         fold_means[p, f] = pooled.mean(0).numpy()
-                if safety_acts is not None:
+                if safety_acts is not None and readout_layer is not None:
                     safety_acts[p, s_idx] = s_acts[:, layers.index(readout_layer)].numpy()
     scores = PersonaScores.from_margins(personas, utility_items, safety_items, margins, safety)
     return AuditPass(

@@ -4,7 +4,7 @@ positions.
 
 from __future__ import annotations
 
-from probes.cache.extract import (
+from probes.cache.extraction import (
     STORE_DTYPES,
     default_cache_root,
     extract,

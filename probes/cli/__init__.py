@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from probes.cli.main import (
+from probes.cli.app import (
     build_parser,
     main,
 )

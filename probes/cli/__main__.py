@@ -2,6 +2,6 @@
 
 import sys
 
-from probes.cli.main import main
+from probes.cli.app import main
 
 sys.exit(main())

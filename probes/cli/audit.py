@@ -131,7 +131,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry (``python -m probes.cli.audit``): exactly ``probes audit ARGS``."""
-    from probes.cli.main import main as probes_main
+    from probes.cli.app import main as probes_main
 
     return probes_main(["audit", *(argv if argv is not None else sys.argv[1:])])
 

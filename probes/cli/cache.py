@@ -9,7 +9,7 @@ from probes.cli.args import add_model_args
 
 def _handle(args: argparse.Namespace) -> int:
     """Extract (or resume) the store and print where it is."""
-    from probes.cache.extract import extract_dataset
+    from probes.cache.extraction import extract_dataset
     from probes.datasets import RenderSpec, load_dataset
     from probes.models.loading import load_model
 

@@ -80,7 +80,7 @@ def write_case_study(result: CaseStudyResult, out: str | Path) -> tuple[Path, li
 
 def run_from_args(args: argparse.Namespace, case_name: str | None = None) -> int:
     """Run one case study from parsed arguments (shared by ``probes mediate`` and the scripts)."""
-    from probes.cache.extract import parse_layers
+    from probes.cache.extraction import parse_layers
     from probes.mediation import METRICS, analyse_case_study, case_study
     from probes.models.loading import load_model
 
@@ -184,7 +184,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def case_study_main(case_name: str, description: str, argv: Sequence[str] | None = None) -> int:
     """Entry point of ``scripts/case_*.py``: parse, run, print one-line errors (exit 2)."""
-    from probes.cli.main import guarded
+    from probes.cli.app import guarded
 
     parser = argparse.ArgumentParser(description=description)
     add_arguments(parser, pairs=12, dataset=False, out=f"runs/mediation/{case_name}")

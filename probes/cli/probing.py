@@ -33,7 +33,8 @@ def _print_table(result: LayerwiseResult) -> None:
 def _handle_probe(args: argparse.Namespace) -> int:
     """Fit the layer-wise probes, write ``results.json`` and the figure, print the table."""
     from probes.probing.layerwise import fit_layerwise
-    from probes.viz.figures import plot_layerwise, save_figure
+    from probes.viz.export import save_figure
+    from probes.viz.probing import plot_layerwise
 
     store = open_store(args.store)
     result = fit_layerwise(
@@ -58,7 +59,8 @@ def _handle_transfer(args: argparse.Namespace) -> int:
     """Train on one store, test on the others; write ``results.json`` (and the matrix)."""
     from probes.cache.store import ActivationStore
     from probes.probing.layerwise import transfer, transfer_matrix
-    from probes.viz.figures import plot_transfer, save_figure
+    from probes.viz.export import save_figure
+    from probes.viz.probing import plot_transfer
 
     train_path = resolve_store(args.train)
     test_paths = [resolve_store(p) for p in args.test]

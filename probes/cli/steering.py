@@ -20,7 +20,7 @@ def _floats(text: str) -> list[float]:
 
 def _layers(text: str | None, n_layers: int) -> list[int]:
     """Parse a layer list; by default three layers at 40%, 60% and 80% of the depth."""
-    from probes.cache.extract import parse_layers
+    from probes.cache.extraction import parse_layers
 
     if text is None:
         return layers_at_depth(n_layers, (0.4, 0.6, 0.8))

@@ -240,7 +240,7 @@ def analyse_case_study(
     """
     import time
 
-    from probes.cache.extract import extract_dataset
+    from probes.cache.extraction import extract_dataset
     from probes.datasets import load_behavior_items, load_dataset
     from probes.directions import fit_direction
 

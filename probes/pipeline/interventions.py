@@ -12,7 +12,7 @@ def directions_for(
     model: Any, attribute: str, layers: list[int], method: str, size: int | None = None
 ) -> list[Any]:
     """Fit one direction per layer from the attribute's built-in dataset (cached store)."""
-    from probes.cache.extract import extract_dataset
+    from probes.cache.extraction import extract_dataset
     from probes.datasets import load_dataset
     from probes.directions import fit_direction
 
@@ -44,7 +44,7 @@ def run_steering(
     the perplexity of neutral text and the greedy generations under the chosen setting."""
     from probes.datasets import load_behavior_items, render_behavior
     from probes.interventions.steering import damage_report, sample_generations, sweep
-    from probes.viz.figures import save_figure
+    from probes.viz.export import save_figure
     from probes.viz.steering import plot_dose_response, plot_pareto
 
     directions = directions_for(model, attribute, layers, method, size=store_size)
@@ -112,7 +112,7 @@ def run_patching(
     """The layer x token-group patching heatmap for an attribute's behaviour twins."""
     from probes.datasets import load_behavior_items
     from probes.interventions.patching import patching_heatmap
-    from probes.viz.figures import save_figure
+    from probes.viz.export import save_figure
     from probes.viz.steering import plot_patching
 
     cues = cues_for(attribute, purpose="patching", allowed=STEERABLE)

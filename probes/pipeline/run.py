@@ -83,9 +83,10 @@ def stage_probes(model: Any, cfg: ProbeStageConfig, runner: StageRunner) -> dict
     Each attribute is its own cached unit, so adding one to the config redoes only that one."""
     from dataclasses import asdict
 
-    from probes.cache.extract import parse_layers
+    from probes.cache.extraction import parse_layers
     from probes.probing.layerwise import LayerwiseResult
-    from probes.viz.figures import plot_overview, save_figure
+    from probes.viz.export import save_figure
+    from probes.viz.probing import plot_overview
 
     layers: list[int] | None = None  # None: every layer
     if cfg.layers == "sparse":  # every third layer and the last: a quick look at the curve
@@ -132,10 +133,11 @@ def _probe_attribute(
 
     The store holds every layer whichever layers are probed: extraction runs the whole body
     anyway, and the later stages (directions, erasure, mediation, audit read-out) reuse it."""
-    from probes.cache.extract import extract_dataset
+    from probes.cache.extraction import extract_dataset
     from probes.datasets import RenderSpec, load_dataset
     from probes.probing.layerwise import LayerwiseResult, fit_layerwise
-    from probes.viz.figures import plot_layerwise, plot_reading_vs_control, save_figure
+    from probes.viz.export import save_figure
+    from probes.viz.probing import plot_layerwise, plot_reading_vs_control
 
     store_args: dict[str, Any] = {
         "render_spec": RenderSpec(frame=cfg.frame),  # type: ignore[arg-type]

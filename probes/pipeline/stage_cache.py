@@ -61,7 +61,7 @@ def library_versions() -> dict[str, str]:
 
 
 def _png_available() -> bool:
-    from probes.viz.figures import browser_for_png
+    from probes.viz.export import browser_for_png
 
     return browser_for_png() is not None
 

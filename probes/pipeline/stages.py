@@ -38,7 +38,7 @@ AUTO_LAYERS: dict[str, dict[str, tuple[float, ...]]] = {
 
 def _auto_layers(model: LoadedModel, text: str, kind: str = "steering") -> list[int]:
     """``auto``/``auto-small`` as fractions of the depth, else a layer list like '3,6,9'."""
-    from probes.cache.extract import parse_layers
+    from probes.cache.extraction import parse_layers
 
     n = model.n_layers
     fractions = AUTO_LAYERS[kind].get(text)
@@ -56,7 +56,7 @@ def stage_interventions(
 ) -> dict[str, Any]:
     """Steering sweep (with random controls), the patching heatmap and LEACE erasure; the
     directions and the eraser come from the attribute's store of ``store_size`` examples."""
-    from probes.cache.extract import extract_dataset
+    from probes.cache.extraction import extract_dataset
     from probes.datasets import load_dataset
     from probes.datasets.cues import CUES
     from probes.interventions.erasure import effect_under_band, probe_after_erasure

@@ -3,15 +3,7 @@
 from __future__ import annotations
 
 from probes.report.audit import (
-    BASELINE_COLOR,
-    FIGURES,
     audit_sections,
-    plot_mitigation,
-    plot_pb_groups,
-    plot_readout,
-    plot_scatter,
-    plot_tier1,
-    write_audit_figures,
     write_audit_report,
 )
 from probes.report.mediation import (
@@ -36,10 +28,8 @@ from probes.report.run import (
 )
 
 __all__ = [
-    "BASELINE_COLOR",
     "CSS",
     "DEFAULT_JS",
-    "FIGURES",
     "PLOTLY_JS",
     "RENDER_JS",
     "REPORT_NAME",
@@ -48,15 +38,9 @@ __all__ = [
     "build_sections",
     "format_value",
     "mediation_sections",
-    "plot_mitigation",
-    "plot_pb_groups",
-    "plot_readout",
-    "plot_scatter",
-    "plot_tier1",
     "render_header",
     "render_report",
     "render_table",
-    "write_audit_figures",
     "write_audit_report",
     "write_report",
     "write_run_report",

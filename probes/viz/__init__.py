@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-from probes.viz.figures import (
-    FONT,
-    PALETTE,
-    browser_for_png,
+from probes.viz.export import browser_for_png, png_bytes, save_figure
+from probes.viz.mediation import (
+    plot_mediation,
+)
+from probes.viz.probing import (
     plot_layerwise,
     plot_overview,
     plot_reading_vs_control,
     plot_transfer,
     plot_transfer_bars,
-    png_bytes,
-    save_figure,
-)
-from probes.viz.mediation import (
-    plot_mediation,
 )
 from probes.viz.steering import (
     plot_dose_response,
     plot_pareto,
     plot_patching,
 )
+from probes.viz.theme import FONT, PALETTE
 
 __all__ = [
     "FONT",

@@ -11,7 +11,8 @@ from typing import Any
 import plotly.graph_objects as go
 
 from probes.audit.result import AuditResult
-from probes.viz.figures import PALETTE, _hex_to_rgba, _layout, save_figure
+from probes.viz.export import save_figure
+from probes.viz.theme import PALETTE, rgba, themed
 
 FIGURES = ("audit_scatter", "audit_pb_groups", "audit_tier1", "audit_mitigation", "audit_readout")
 BASELINE_COLOR = "#222222"
@@ -66,7 +67,7 @@ def plot_scatter(result: AuditResult | dict[str, Any]) -> go.Figure:
         xs = [r["safety_log_odds"] for r in members]
         ys = [r["utility"] for r in members]
         baseline = group == "none"
-        faint, fainter = _hex_to_rgba(color, 0.4), _hex_to_rgba(color, 0.18)
+        faint, fainter = rgba(color, 0.4), rgba(color, 0.18)
         fig.add_trace(
             go.Scatter(
                 x=[x["estimate"] for x in xs],
@@ -110,7 +111,7 @@ def plot_scatter(result: AuditResult | dict[str, Any]) -> go.Figure:
         f"bootstrap over items; PB on (refusal rate, accuracy) {pb['estimate']:.3f} "
         f"[{pb['low']:.3f}, {pb['high']:.3f}]</span>"
     )
-    _layout(fig, title, "mean refusal log-odds (> 0: refusal likelier)", "utility accuracy", 560)
+    themed(fig, title, "mean refusal log-odds (> 0: refusal likelier)", "utility accuracy", 560)
     # Accuracy lives in [0, 1]: never let the axis run past it (with few items every persona
     # can sit at 1.0, and autorange would then show 0.5 to 2).
     lows = [r["utility"]["low"] for r in rows] + [r["utility"]["estimate"] for r in rows]
@@ -174,7 +175,7 @@ def plot_pb_groups(result: AuditResult | dict[str, Any]) -> go.Figure:
     )
     top = max(e["high"] for e in entries)
     fig.update_yaxes(range=[0, top * 1.25 + 1e-9])
-    return _layout(
+    return themed(
         fig,
         "<b>Personalization bias per group</b> "
         "<span style='font-size:12px'>(RMS distance from the group's mean point; "
@@ -228,7 +229,7 @@ def plot_tier1(result: AuditResult | dict[str, Any]) -> go.Figure:
         fig.add_vline(x=sign * tier["max_shift"], line={"color": "#d62728", "dash": "dash"})
     fig.add_vline(x=0, line={"color": "#999", "width": 1})
     unit = "mean refusal log-odds" if tier["metric"] == "log_odds" else "refusal rate"
-    _layout(
+    themed(
         fig,
         f"<b>Tier 1</b>: safety must not move with the user "
         f"<span style='font-size:12px'>(|shift| > {tier['max_shift']}"
@@ -279,7 +280,7 @@ def plot_mitigation(result: AuditResult | dict[str, Any]) -> go.Figure:
         f"[{change['low']:+.3f}, {change['high']:+.3f}]; KL on neutral text "
         f"{mit['neutral_kl']:.3f} nats</span>"
     )
-    _layout(fig, title, "", "PB (refusal rate, utility accuracy)")
+    themed(fig, title, "", "PB (refusal rate, utility accuracy)")
     fig.update_layout(margin={"t": 90})
     return fig
 
@@ -310,7 +311,7 @@ def plot_readout(result: AuditResult | dict[str, Any]) -> go.Figure:
             hovertemplate="%{y}<br>%{x}<br>Δ p %{z:+.3f}<extra></extra>",
         )
     )
-    _layout(
+    themed(
         fig,
         f"<b>Read-out</b>: what the probes (layer {read['layer']}) read from the persona "
         "<span style='font-size:12px'>(class probability minus no persona)</span>",

@@ -9,7 +9,8 @@ import plotly.graph_objects as go
 
 from probes.mediation.cases import CaseStudyResult
 from probes.mediation.effects import LayerMediation
-from probes.viz.figures import PALETTE, _hex_to_rgba, _layout, save_figure
+from probes.viz.export import save_figure
+from probes.viz.theme import PALETTE, rgba, themed
 
 # effect name -> (legend label, colour, line dash)
 _STYLE = {
@@ -32,7 +33,7 @@ def _band(
             y=[e.ci_high for e in est] + [e.ci_low for e in est][::-1],
             mode="lines",
             fill="toself",
-            fillcolor=_hex_to_rgba(color, 0.15),
+            fillcolor=rgba(color, 0.15),
             line={"width": 0},
             hoverinfo="skip",
             showlegend=False,
@@ -97,7 +98,7 @@ def plot_mediation(
         )
         fig.add_hline(y=0, line={"color": "#999", "width": 1}, row=1, col=col)
     n_twins = next(iter(results[names[0]])).n_twins
-    _layout(
+    themed(
         fig,
         f"<b>{title}</b><br><span style='font-size:12px'>{subtitle + '; ' if subtitle else ''}"
         f"mean over {n_twins} twin pairs, 95% bootstrap bands</span>",

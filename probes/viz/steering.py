@@ -7,7 +7,7 @@ from plotly.subplots import make_subplots
 
 from probes.interventions.patching import PatchingResult
 from probes.interventions.steering import SweepResult
-from probes.viz.figures import FONT, PALETTE, _layout
+from probes.viz.theme import FONT, PALETTE, themed
 
 
 def _by_layer(result: SweepResult, kind: str, layer: int) -> list[dict]:
@@ -54,7 +54,7 @@ def plot_dose_response(result: SweepResult, metric_label: str = "answer log-odds
         f"<b>Steering {result.attribute}</b> ({result.method}, {result.source} → {result.target});"
         " dotted: random direction, same norm"
     )
-    _layout(fig, title, "", "", height=470)
+    themed(fig, title, "", "", height=470)
     fig.update_yaxes(type="log", row=1, col=2)
     fig.update_xaxes(title_text=f"strength (x typical norm), towards {result.target}")
     fig.update_layout(width=1000, font=FONT)
@@ -88,7 +88,7 @@ def plot_pareto(result: SweepResult) -> go.Figure:
         )
     )
     fig.update_xaxes(type="log")
-    return _layout(
+    return themed(
         fig,
         f"<b>Effect vs damage</b>: steering {result.attribute}; upper left is better",
         "KL on neutral text (nats, log scale)",
@@ -115,6 +115,6 @@ def plot_patching(result: PatchingResult) -> go.Figure:
         f"<b>Activation patching</b>: {result.source_cue} twin's {result.site} written into the "
         f"{result.base_cue} twin (n={result.n_pairs} pairs)"
     )
-    _layout(fig, title, "token group", "layer", height=560)
+    themed(fig, title, "token group", "layer", height=560)
     fig.update_yaxes(autorange=True, type="category")
     return fig

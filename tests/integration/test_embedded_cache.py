@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probes.cache.extract import extract
+from probes.cache.extraction import extract
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import itertools
 import pytest
 
 from probes.behavior.scoring import greedy_continuations
-from probes.cache.extract import extract_dataset
+from probes.cache.extraction import extract_dataset
 from probes.datasets import load_dataset
 from probes.directions import fit_direction
 from probes.doctor import UK_CONTINUATION, UK_PROMPT

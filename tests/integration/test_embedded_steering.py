@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from probes.behavior.scoring import behavior_log_odds
-from probes.cache.extract import extract_dataset
+from probes.cache.extraction import extract_dataset
 from probes.datasets import load_behavior_items, load_dataset
 from probes.directions import fit_direction, random_direction
 from probes.interventions.hooks import steer

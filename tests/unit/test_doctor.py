@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from probes.cli.main import main
+from probes.cli.app import main
 from probes.doctor import (
     check_cached_generation,
     check_hooks,

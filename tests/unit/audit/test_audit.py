@@ -126,7 +126,7 @@ def test_run_audit_without_mitigation_or_readout_and_with_given_tailoring(tiny_g
 
 def test_cli_writes_results_and_report_and_bad_policy_exits_2(tmp_path, monkeypatch, capsys):
     from probes.cli import audit as audit_cli
-    from probes.viz import figures as plots
+    from probes.viz import export as plots
 
     monkeypatch.setattr(plots, "browser_for_png", lambda: None)  # no PNG export in tests
     monkeypatch.setenv("PROBES_HOME", str(tmp_path / "home"))

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from probes.cache.extract import extract, parse_layers
+from probes.cache.extraction import extract, parse_layers
 from probes.cache.positions import PositionSpec
 from probes.cache.store import ActivationStore, StoreWriter
 from probes.errors import CacheError, ProbesError
@@ -145,7 +145,7 @@ _SLOW_EXTRACT = textwrap.dedent(
     """
     import sys, time
     from probes.cache import store
-    from probes.cache.extract import extract
+    from probes.cache.extraction import extract
     from probes.models.loading import load_model
 
     original = store.StoreWriter.write_shard
@@ -215,7 +215,7 @@ def test_killed_run_resumes_to_identical_bytes(tiny_gemma, tmp_path):
 
 
 def test_cache_cli_extracts_a_builtin_dataset(tmp_path, capsys):
-    from probes.cli.main import main
+    from probes.cli.app import main
 
     args = ["cache", "--model", "tiny-gemma3", "--dataset", "age", "--size", "16"]
     assert main([*args, "--out", str(tmp_path), "--layers", "0,2", "--position", "suffix"]) == 0

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from probes.cli.main import main
+from probes.cli.app import main
 
 
 def test_every_subcommand_has_help(capsys):

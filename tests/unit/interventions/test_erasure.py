@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from probes.cache.extract import extract_dataset
+from probes.cache.extraction import extract_dataset
 from probes.datasets import load_dataset
 from probes.interventions.erasure import probe_after_erasure
 

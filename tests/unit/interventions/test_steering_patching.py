@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from probes.cli.main import main
+from probes.cli.app import main
 from probes.datasets import BehaviorItem
 from probes.directions import Direction
 from probes.interventions.patching import patching_heatmap

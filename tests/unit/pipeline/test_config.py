@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from probes.cli.main import main
+from probes.cli.app import main
 from probes.errors import ConfigError
 from probes.pipeline.config import QUICK_OVERRIDES, load_config
 

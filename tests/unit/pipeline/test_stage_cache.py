@@ -111,11 +111,11 @@ def test_only_the_run_folders_figures_go_into_an_entry(tmp_path):
 
 
 def test_an_entry_made_without_a_browser_is_not_reused_with_one(monkeypatch):
-    import probes.viz.figures
+    import probes.viz.export
 
-    monkeypatch.setattr(probes.viz.figures, "browser_for_png", lambda: None)
+    monkeypatch.setattr(probes.viz.export, "browser_for_png", lambda: None)
     without = stage_key("demo", {})
-    monkeypatch.setattr(probes.viz.figures, "browser_for_png", lambda: "/usr/bin/chromium")
+    monkeypatch.setattr(probes.viz.export, "browser_for_png", lambda: "/usr/bin/chromium")
     assert stage_key("demo", {}) != without
 
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from probes.cache.store import write_store
-from probes.cli.main import main
+from probes.cli.app import main
 from probes.errors import ProbesError
 from probes.probing.layerwise import fit_layerwise, make_splits, transfer, transfer_matrix
-from probes.viz.figures import plot_layerwise, plot_overview, save_figure
+from probes.viz.export import save_figure
+from probes.viz.probing import plot_layerwise, plot_overview
 
 N, LAYERS, D = 240, 4, 24
 SIGNAL_LAYER = 2

@@ -15,7 +15,7 @@ import plotly.io as pio
 import pytest
 
 from probes.report.page import Section, format_value, write_report
-from probes.viz.figures import save_figure
+from probes.viz.export import save_figure
 
 ROOT = Path(__file__).resolve().parents[3]
 STEMS = ("figures/accuracy", "figures/dose")
