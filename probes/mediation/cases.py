@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from probes.behavior.twins import twin_pairs
+from probes.datasets.cues import CUES
 from probes.directions import Direction
 from probes.errors import ProbesError
 from probes.mediation.effects import LayerMediation
@@ -41,27 +42,27 @@ CASE_STUDIES: dict[str, CaseStudy] = {
     "dialect": CaseStudy(
         "dialect",
         "dialect",
-        "dialect_us_uk",
-        "us",
-        "uk",
+        CUES["dialect"].dataset,
+        CUES["dialect"].lowering,
+        CUES["dialect"].raising,
         "log_odds",
         "US -> UK spelling and vocabulary: log-odds of the UK vs the US answer set",
     ),
     "proficiency": CaseStudy(
         "proficiency",
         "proficiency",
-        "proficiency",
-        "native",
-        "non_native",
+        CUES["proficiency"].dataset,
+        CUES["proficiency"].raising,
+        CUES["proficiency"].lowering,
         "positive_logprob",
         "native -> non-native English, same question: log-probability of the correct answer",
     ),
     "echo_chamber": CaseStudy(
         "echo_chamber",
         "belief",
-        "belief",
-        "true",
-        "false",
+        CUES["belief"].dataset,
+        CUES["belief"].raising,
+        CUES["belief"].lowering,
         "log_odds",
         "stated true -> false belief: log-odds of the correct vs the user's (false) answer",
     ),

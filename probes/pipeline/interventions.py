@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from probes.datasets.cues import STEERABLE, cues_for
+from probes.models.loading import LoadedModel
 
 
 def directions_for(
-    model: Any, attribute: str, layers: list[int], method: str, size: int | None = None
+    model: LoadedModel, attribute: str, layers: list[int], method: str, size: int | None = None
 ) -> list[Any]:
     """Fit one direction per layer from the attribute's built-in dataset (cached store)."""
     from probes.cache.extraction import extract_dataset
@@ -25,7 +26,7 @@ def directions_for(
 
 
 def run_steering(
-    model: Any,
+    model: LoadedModel,
     attribute: str,
     layers: list[int],
     strengths: list[float],
@@ -107,7 +108,7 @@ def print_steering_summary(summary: dict[str, Any]) -> None:
 
 
 def run_patching(
-    model: Any, attribute: str, layers: list[int] | None, out: Path, *, png: bool = True
+    model: LoadedModel, attribute: str, layers: list[int] | None, out: Path, *, png: bool = True
 ) -> dict[str, Any]:
     """The layer x token-group patching heatmap for an attribute's behaviour twins."""
     from probes.datasets import load_behavior_items
@@ -125,7 +126,7 @@ def run_patching(
 
 
 def steer_to_folder(
-    model: Any,
+    model: LoadedModel,
     attribute: str,
     layers: list[int],
     strengths: list[float],
@@ -143,7 +144,7 @@ def steer_to_folder(
 
 
 def patch_to_folder(
-    model: Any, attribute: str, layers: list[int] | None, out: Path
+    model: LoadedModel, attribute: str, layers: list[int] | None, out: Path
 ) -> dict[str, Any]:
     """``probes patch``: the patching heatmap, with its numbers in ``out/results.json``."""
     from probes.atomic import atomic_write_json

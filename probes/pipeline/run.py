@@ -17,6 +17,7 @@ import torch
 
 from probes import __version__
 from probes.atomic import atomic_write_json
+from probes.models.loading import LoadedModel
 from probes.pipeline.config import ProbeStageConfig
 from probes.pipeline.stage_cache import StageRunner
 
@@ -44,7 +45,7 @@ def default_run_dir() -> Path:
     return Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def dialect_first_look(model: Any) -> dict[str, Any]:
+def dialect_first_look(model: LoadedModel) -> dict[str, Any]:
     """Answer-set log-odds (UK clubs vs US teams) after UK- and US-cued twins of one prompt."""
     from probes.behavior.scoring import continuation_logprobs, greedy_continuations
 
@@ -77,7 +78,7 @@ def _say(message: str) -> None:
     print(f"[probes run] {message}", file=sys.stderr, flush=True)
 
 
-def stage_probes(model: Any, cfg: ProbeStageConfig, runner: StageRunner) -> dict[str, Any]:
+def stage_probes(model: LoadedModel, cfg: ProbeStageConfig, runner: StageRunner) -> dict[str, Any]:
     """Layer-wise probes with controls for every configured attribute, and their figures.
 
     Each attribute is its own cached unit, so adding one to the config redoes only that one."""
@@ -122,7 +123,7 @@ def stage_probes(model: Any, cfg: ProbeStageConfig, runner: StageRunner) -> dict
 
 
 def _probe_attribute(
-    model: Any,
+    model: LoadedModel,
     cfg: ProbeStageConfig,
     layers: list[int] | None,
     name: str,

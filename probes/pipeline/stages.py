@@ -12,7 +12,7 @@ from typing import Any
 from probes.errors import ProbesError
 from probes.models.layers import layers_at_depth
 from probes.models.loading import LoadedModel
-from probes.pipeline.config import InterventionStageConfig
+from probes.pipeline.config import InterventionStageConfig, MediationStageConfig
 from probes.pipeline.stage_cache import StageRunner
 
 
@@ -109,7 +109,10 @@ def stage_interventions(
 
 
 def stage_mediation(
-    model: LoadedModel, cfg: Any, runner: StageRunner, store_size: int | None = None
+    model: LoadedModel,
+    cfg: MediationStageConfig,
+    runner: StageRunner,
+    store_size: int | None = None,
 ) -> dict[str, Any]:
     """The IP paper's case studies: TE, NIE, NDE per layer through the attribute direction and
     through the whole last-token residual. Each case is its own cached unit."""
@@ -129,7 +132,7 @@ def stage_mediation(
 
 
 def _mediation_case(
-    model: LoadedModel, cfg: Any, name: str, out: Path, store_size: int | None
+    model: LoadedModel, cfg: MediationStageConfig, name: str, out: Path, store_size: int | None
 ) -> dict[str, Any]:
     """One case study for ``probes run``: its figure into ``out/figures``; returns the payload."""
     from probes.mediation import analyse_case_study, case_study
