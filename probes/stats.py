@@ -86,8 +86,9 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float
 
 def percentile_bounds(
     samples: Float[np.ndarray, "... b"], level: float = 0.95
-) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise central ``level`` percentile interval over the last axis (NaNs propagate)."""
+) -> tuple[np.ndarray | np.floating, np.ndarray | np.floating]:
+    """Row-wise central ``level`` percentile interval over the last axis (NaNs propagate); a
+    scalar pair for one row."""
     low_q, high_q = _tails(level)
     return np.quantile(samples, low_q, axis=-1), np.quantile(samples, high_q, axis=-1)
 
