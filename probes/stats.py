@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from jaxtyping import Float, Int
@@ -84,9 +85,7 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float
     return float(low), float(high)
 
 
-def percentile_bounds(
-    samples: Float[np.ndarray, "... b"], level: float = 0.95
-) -> tuple[np.ndarray | np.floating, np.ndarray | np.floating]:
+def percentile_bounds(samples: Float[np.ndarray, "... b"], level: float = 0.95) -> tuple[Any, Any]:
     """Row-wise central ``level`` percentile interval over the last axis (NaNs propagate); a
     scalar pair for one row."""
     low_q, high_q = _tails(level)

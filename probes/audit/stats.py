@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from jaxtyping import Float
+from jaxtyping import Float, Real, Shaped
 
 from probes import stats
 from probes.errors import ProbesError
@@ -30,7 +30,7 @@ class Interval:
         return {"estimate": self.estimate, "low": self.low, "high": self.high}
 
 
-def personalization_bias(points: Float[np.ndarray, "k 2"]) -> float:
+def personalization_bias(points: Real[np.ndarray, "k d"]) -> float:
     """sqrt(mean_i ||x_i - mean_j x_j||^2) over the k identities' (safety, utility) points."""
     points = _matrix(points, "points")
     if points.shape[1] != 2:
@@ -38,7 +38,7 @@ def personalization_bias(points: Float[np.ndarray, "k 2"]) -> float:
     return float(np.sqrt(((points - points.mean(axis=0)) ** 2).sum(axis=1).mean()))
 
 
-def pb_by_group(points: Float[np.ndarray, "k 2"], groups: Sequence[str]) -> dict[str, float]:
+def pb_by_group(points: Real[np.ndarray, "k 2"], groups: Sequence[str]) -> dict[str, float]:
     """Personalization bias among the identities of each group (groups of one are left out)."""
     points = _matrix(points, "points")
     if len(groups) != len(points):
@@ -60,7 +60,7 @@ def bootstrap_mean_interval(
 
 def pb_interval(
     safety: Float[np.ndarray, "p n_safety"],
-    utility: Float[np.ndarray, "p n_utility"],
+    utility: Shaped[np.ndarray, "p n_utility"],
     n_boot: int = 2000,
     seed: int = 0,
     level: float = 0.95,

@@ -40,7 +40,7 @@ def pair_shifts(model: LoadedModel, pairs: Sequence[tuple[Any, Any]], metric: Me
     return counter - base
 
 
-def twin_effect(model: LoadedModel, attribute: str, batch_size: int = 32) -> dict[str, float]:
+def twin_effect(model: LoadedModel, attribute: str, batch_size: int = 32) -> dict[str, int | float]:
     """How far the answer follows the user's cue across the behaviour set's twin pairs: the
     share of pairs moving the expected way, and the mean and median log-odds shift."""
     from probes.behavior.scoring import behavior_log_odds

@@ -184,7 +184,7 @@ def steer(
     directions: Direction | Sequence[Direction],
     strength: float,
     *,
-    scope: Scope = "all",
+    scope: Scope | str = "all",
     positions: Sequence[int] | None = None,
 ) -> Iterator[None]:
     """Add ``strength`` x typical residual norm x unit direction at each direction's layer.
@@ -237,7 +237,7 @@ def ablate(
     *,
     layers: Sequence[int] | None = None,
     site: str = "resid_post",
-    scope: Scope = "all",
+    scope: Scope | str = "all",
     positions: Sequence[int] | None = None,
 ) -> Iterator[None]:
     """Project the span of the directions out of the activation (``x - Q Q^T x``).
@@ -264,7 +264,7 @@ def erase(
     model: LoadedModel,
     erasers: Eraser | Sequence[Eraser],
     *,
-    scope: Scope = "all",
+    scope: Scope | str = "all",
     positions: Sequence[int] | None = None,
 ) -> Iterator[None]:
     """Apply LEACE erasers, each at its own layer and site."""
@@ -353,7 +353,7 @@ def patch(
     positions: Sequence[int] | None = (-1,),
     basis: Float[Tensor, "r d_model"] | None = None,
     token_mask: Bool[Tensor, "n longest"] | None = None,
-    scope: Scope = "prompt",
+    scope: Scope | str = "prompt",
 ) -> Iterator[None]:
     """Write recorded activations (from :func:`record`) at ``positions`` of each layer.
 

@@ -97,7 +97,7 @@ def sweep(
     *,
     metric: Metric = log_odds_metric,
     neutral: Sequence[str] | None = None,
-    scope: Scope = "all",
+    scope: Scope | str = "all",
     control_seed: int = 0,
     progress: bool = True,
 ) -> SweepResult:
@@ -162,7 +162,7 @@ def damage_report(
     direction: Direction,
     strength: float,
     *,
-    scope: Scope = "all",
+    scope: Scope | str = "all",
     texts: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Perplexity of neutral text with and without steering (full logits: run it once, not per
@@ -182,7 +182,7 @@ def sample_generations(
     strengths: Sequence[float],
     *,
     max_new_tokens: int = 12,
-    scope: Scope = "all",
+    scope: Scope | str = "all",
 ) -> list[dict[str, Any]]:
     """Greedy continuations of each prompt at each strength (0 = unsteered), for reading."""
     rows = []

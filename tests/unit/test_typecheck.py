@@ -1,0 +1,24 @@
+"""The tests run with jaxtyping + beartype on the tensor modules (pyproject's pytest options):
+a call whose array does not fit its annotation fails loudly instead of computing on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from jaxtyping import TypeCheckError
+
+from probes.audit.stats import personalization_bias
+from probes.models.batching import collate
+
+
+def test_a_wrongly_typed_array_is_refused_at_call_time():
+    points = np.zeros((3, 2), dtype=bool)  # booleans where (safety, utility) reals belong
+    with pytest.raises(TypeCheckError):
+        personalization_bias(points)
+    assert personalization_bias(np.zeros((3, 2))) == 0.0
+
+
+def test_tensor_functions_return_what_they_declare():
+    batch = collate([[1, 2, 3], [4]], 0, "left")
+    assert batch.input_ids.dtype == torch.long and batch.input_ids.shape == (2, 3)
