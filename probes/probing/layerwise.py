@@ -98,7 +98,8 @@ def make_splits(
     if len(distinct) >= 2:
         k = min(n_folds, len(distinct))
         splitter = GroupKFold(n_splits=k)
-        group_ids = np.asarray([distinct.index(g) if g is not None else -1 for g in groups or []])
+        members = groups if groups is not None else []  # groups exist: >= 2 distinct families
+        group_ids = np.asarray([distinct.index(g) if g is not None else -1 for g in members])
         folds = list(splitter.split(np.zeros(n), y, group_ids))
         kind = "group"
     else:

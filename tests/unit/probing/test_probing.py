@@ -148,3 +148,14 @@ def test_a_fold_missing_a_class_is_a_user_error():
     groups = ["a"] * 10 + ["b"] * 10  # each family holds one class only
     with pytest.raises(ProbesError, match="fewer classes"):
         make_splits(labels, groups, n_folds=2)
+
+
+def test_splits_accept_group_arrays_as_well_as_lists():
+    from probes.probing.layerwise import make_splits
+
+    labels = ["a", "b"] * 6
+    groups = [f"family{i % 3}" for i in range(12)]
+    as_list = make_splits(labels, groups, n_folds=3)
+    as_array = make_splits(np.asarray(labels), np.asarray(groups), n_folds=3)
+    assert as_list.kind == as_array.kind == "group"
+    assert np.array_equal(np.asarray(as_list.train_masks), np.asarray(as_array.train_masks))
