@@ -20,6 +20,7 @@ import torch
 
 from probes.errors import ProbesError
 from probes.models.compat import installed_version
+from probes.models.loading import LoadedModel
 
 STACK: tuple[str, ...] = (
     "torch",
@@ -137,7 +138,7 @@ def check_embedded_model() -> Check:
     )
 
 
-def _greedy(model, prompt: str, tokens: int, use_cache: bool) -> list[int]:
+def _greedy(model: LoadedModel, prompt: str, tokens: int, use_cache: bool) -> list[int]:
     ids = model.tokenizer([prompt], return_tensors="pt").to(model.device)
     with torch.inference_mode():
         out = model.hf_model.generate(
@@ -150,7 +151,7 @@ def _greedy(model, prompt: str, tokens: int, use_cache: bool) -> list[int]:
     return out[0, ids.input_ids.shape[1] :].tolist()
 
 
-def check_cached_generation(model, prompt: str = UK_PROMPT, tokens: int = 8) -> Check:
+def check_cached_generation(model: LoadedModel, prompt: str = UK_PROMPT, tokens: int = 8) -> Check:
     """Greedy text with the KV cache equals greedy text without it."""
     cached = _greedy(model, prompt, tokens, use_cache=True)
     uncached = _greedy(model, prompt, tokens, use_cache=False)
@@ -169,7 +170,7 @@ def check_cached_generation(model, prompt: str = UK_PROMPT, tokens: int = 8) -> 
     )
 
 
-def check_known_continuation(model) -> Check:
+def check_known_continuation(model: LoadedModel) -> Check:
     """The embedded model continues the README's UK prompt as measured."""
     text = model.tokenizer.decode(_greedy(model, UK_PROMPT, 5, use_cache=True))
     name = f"known continuation ({model.name})"
@@ -183,11 +184,11 @@ def check_known_continuation(model) -> Check:
     )
 
 
-def _hook_count(model) -> int:
+def _hook_count(model: LoadedModel) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.hf_model.modules())
 
 
-def check_hooks(model) -> Check:
+def check_hooks(model: LoadedModel) -> Check:
     """A steering hook fires during a forward pass and is gone after its block."""
     from probes.directions import Direction
     from probes.interventions.hooks import steer
@@ -224,7 +225,7 @@ def check_hooks(model) -> Check:
     return Check(name, True, "a steering hook fires, changes the logits and is removed")
 
 
-def check_store_roundtrip(model) -> Check:
+def check_store_roundtrip(model: LoadedModel) -> Check:
     """Activations written to a store read back equal to a direct run."""
     from probes.cache.extraction import extract
 
@@ -252,9 +253,9 @@ def check_store_roundtrip(model) -> Check:
     return Check(name, True, f"{len(prompts)} rows written, reopened and equal to a direct run")
 
 
-def self_checks(model) -> Iterator[Check]:
+def self_checks(model: LoadedModel) -> Iterator[Check]:
     """The model-level checks, each guarded so one crash is one failed line."""
-    checks: list[Callable[[object], Check]] = [
+    checks: list[Callable[[LoadedModel], Check]] = [
         check_cached_generation,
         check_hooks,
         check_store_roundtrip,

@@ -12,7 +12,11 @@ from typing import Any
 from probes.errors import ProbesError
 from probes.models.layers import layers_at_depth
 from probes.models.loading import LoadedModel
-from probes.pipeline.config import InterventionStageConfig, MediationStageConfig
+from probes.pipeline.config import (
+    AuditStageConfig,
+    InterventionStageConfig,
+    MediationStageConfig,
+)
 from probes.pipeline.stage_cache import StageRunner
 
 
@@ -169,7 +173,7 @@ def audit_tailoring(earlier: dict[str, Any]) -> dict[str, Any] | None:
 
 def stage_audit(
     model: LoadedModel,
-    cfg: Any,
+    cfg: AuditStageConfig,
     out: Path,
     tailoring: dict[str, Any] | None,
     store_size: int | None = None,

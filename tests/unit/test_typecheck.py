@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from jaxtyping import TypeCheckError
 
 from probes.audit.stats import personalization_bias
-from probes.models.batching import collate
 
 
 def test_a_wrongly_typed_array_is_refused_at_call_time():
@@ -17,8 +15,3 @@ def test_a_wrongly_typed_array_is_refused_at_call_time():
     with pytest.raises(TypeCheckError):
         personalization_bias(points)
     assert personalization_bias(np.zeros((3, 2))) == 0.0
-
-
-def test_tensor_functions_return_what_they_declare():
-    batch = collate([[1, 2, 3], [4]], 0, "left")
-    assert batch.input_ids.dtype == torch.long and batch.input_ids.shape == (2, 3)
