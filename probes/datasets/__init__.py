@@ -35,6 +35,7 @@ __all__ = [
     "behavior_attributes",
     "export_dataset",
     "family_count",
+    "heldout_corpus",
     "list_datasets",
     "load_behavior_items",
     "load_dataset",
@@ -52,6 +53,25 @@ def transfer_corpus(name: str) -> Dataset:
     path = files("probes.datasets").joinpath("data", "transfer", f"{name}.jsonl")
     if not path.is_file():
         raise DatasetError(f"no transfer corpus for {name!r}")
+    return load_dataset(str(path))
+
+
+HELDOUT_NAMES = ("age", "dialect_us_uk", "education", "gender", "proficiency", "socioeconomic")
+
+
+def heldout_corpus(name: str) -> Dataset:
+    """The hand-written held-out conversations for a built-in set: a final test set only.
+
+    Never choose a layer, position, frame or setting on it, and never train on it
+    (probes/datasets/data/heldout/README.md).
+    """
+    from importlib.resources import files
+
+    if name not in HELDOUT_NAMES:
+        raise DatasetError(
+            f"no held-out corpus for {name!r}; there is one for {', '.join(HELDOUT_NAMES)}"
+        )
+    path = files("probes.datasets").joinpath("data", "heldout", f"{name}.jsonl")
     return load_dataset(str(path))
 
 

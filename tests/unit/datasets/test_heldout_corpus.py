@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from probes.datasets import Dataset, Example, list_datasets, load_dataset
+from probes.datasets import Dataset, Example, heldout_corpus, list_datasets, load_dataset
+from probes.errors import DatasetError
 
 HELDOUT = Path(str(files("probes.datasets").joinpath("data", "heldout")))
 MIN_CONVERSATIONS = {
@@ -114,6 +115,20 @@ def corpus() -> dict[str, Dataset]:
 def test_every_attribute_has_a_file_and_nothing_else_is_there() -> None:
     assert sorted(p.stem for p in HELDOUT.glob("*.jsonl")) == NAMES
     assert (HELDOUT / "README.md").is_file()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_heldout_corpus_loads_the_file(corpus: dict[str, Dataset], name: str) -> None:
+    ds = heldout_corpus(name)
+    assert ds.name == f"{name}_heldout"
+    assert ds.content_hash() == corpus[name].content_hash()
+
+
+@pytest.mark.parametrize("name", ["belief", "personas", "../transfer/age", "nope"])
+def test_heldout_corpus_refuses_other_names_in_one_line(name: str) -> None:
+    with pytest.raises(DatasetError) as err:
+        heldout_corpus(name)
+    assert "\n" not in str(err.value) and "no held-out corpus" in str(err.value)
 
 
 @pytest.mark.parametrize("name", NAMES)
