@@ -3,9 +3,10 @@
     python scripts/fuzz_counts.py [--only NAME_SUBSTRING] [--verbose]
 
 It runs the probes package of the checkout it sits in (so a copy of tests/fuzz and this script
-placed in an older checkout measures that one). A verdict is one of: clean (exit 2, one line on stderr, no file changed), traceback, silent
-(exit 0: the bad input was accepted), noisy (another exit code or more than one line), dirty
-(a file appeared or changed that the case does not allow).
+placed in an older checkout measures that one). A verdict is one of: clean (exit 2, one line on
+stderr, no file changed), traceback, silent (exit 0: the bad input was accepted), noisy
+(another exit code or more than one line), dirty (a file appeared or changed that the case does
+not allow).
 """
 
 from __future__ import annotations

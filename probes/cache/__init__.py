@@ -4,6 +4,7 @@ positions.
 
 from __future__ import annotations
 
+from probes.cache.budget import TRUNCATE_SIDES, check_lengths, check_memory
 from probes.cache.extraction import (
     STORE_DTYPES,
     default_cache_root,
@@ -14,7 +15,6 @@ from probes.cache.extraction import (
     parse_sites,
     prompts_hash,
 )
-from probes.cache.budget import TRUNCATE_SIDES, check_lengths, check_memory
 from probes.cache.integrity import (
     MANIFEST,
     PARTIAL,

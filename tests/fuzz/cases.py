@@ -181,9 +181,7 @@ def _api_transfer_models(work: Path, assets: Assets) -> None:
 def _api_open_edited(work: Path, assets: Assets) -> None:
     from probes.cache.store import ActivationStore
 
-    store = copy_store(assets.store, work / "s")
-    edit_json(store / "manifest.json", lambda m: m["request"].update(n_rows=23))
-    ActivationStore.open(store).stack()
+    ActivationStore.open(work / "s").stack()
 
 
 # -- class 3: the filesystem ---------------------------------------------------------------------
@@ -211,6 +209,11 @@ def _enospc_fsync(mp: pytest.MonkeyPatch, work: Path) -> None:
 # -- class 4: inputs the model cannot take -------------------------------------------------------
 
 LONG_ROWS = _rows(4, text="x" * 1100)  # longer than the tiny models' 1024-token context
+
+
+def _small_memory(mp: pytest.MonkeyPatch, work: Path) -> None:
+    """A machine with 256 MiB available (the check reads MemAvailable)."""
+    mp.setattr("probes.cache.budget.available_memory", lambda: 2**28)
 
 
 def _api_extract_long(work: Path, assets: Assets) -> None:
@@ -258,7 +261,7 @@ def _cfg(text: str) -> Any:
 
 
 NESTED_TOML = "x = " + "[" * 5000 + "]" * 5000 + "\n"
-RUN = ("run", *TINY, "--out", "{w}/run")
+RUN = ("run", "--model", "tiny-gemma3", "--out", "{w}/run")  # the config says the device
 
 
 CASES: list[Case] = [
@@ -417,7 +420,12 @@ CASES: list[Case] = [
             and None
         ),
     ),
-    Case("api-open-edited-manifest", "store", call=_api_open_edited),
+    Case(
+        "api-open-edited-manifest",
+        "store",
+        call=_api_open_edited,
+        setup=_manifest(lambda m: m["request"].update(n_rows=23)),
+    ),
     Case("api-transfer-across-models", "store", call=_api_transfer_models),
     Case(
         "generate-direction-wide",
@@ -621,11 +629,12 @@ CASES: list[Case] = [
             "--max-tokens",
             "1000",
             "--batch-size",
-            "100000000",
+            "64",
             "--out",
             "{w}/c",
         ),
-        setup=_write("long.jsonl", _rows(3000, text="z" * 900)),
+        setup=_write("long.jsonl", _rows(64, text="z" * 900)),
+        patch=_small_memory,
     ),
     # ---- 5: values checked too late or not at all ------------------------------------------
     Case(
