@@ -39,8 +39,9 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    """A store's manifest (final or partial), checked: JSON, format, digest, structure."""
+def read_manifest(path: Path, *, structure: bool = True) -> dict[str, Any]:
+    """A store's manifest (final or partial), checked: JSON, format, digest and (unless
+    ``structure=False``) the shape of its request and shard list."""
     try:
         manifest = json.loads(path.read_bytes())
     except OSError as exc:
@@ -58,7 +59,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
             f"{path} was changed after the store was written (its digest does not match): "
             "delete the store and extract it again"
         )
-    problem = _structure_problem(manifest)
+    problem = _structure_problem(manifest) if structure else ""
+    if not isinstance(manifest.get("request"), dict) or not isinstance(
+        manifest.get("shards"), list
+    ):
+        problem = problem or "no request or no shard list"
     if problem:
         raise CacheError(f"{path} is not a valid store manifest: {problem}")
     return manifest

@@ -33,6 +33,7 @@ from probes.atomic import atomic_write_bytes, atomic_write_json, file_mode
 from probes.cache.integrity import (
     MANIFEST,
     PARTIAL,
+    SHARD_NAME,
     STORE_FORMAT,
     TABLE,
     check_shard,
@@ -254,6 +255,12 @@ class StoreWriter:
         }
         if previous is not None:
             for shard in previous["shards"]:
+                if not (
+                    isinstance(shard, dict)
+                    and SHARD_NAME.fullmatch(str(shard.get("file")))
+                    and type(shard.get("index")) is int
+                ):
+                    continue  # an entry it cannot vouch for: that shard is computed again
                 path = folder / shard["file"]
                 if path.is_file() and file_sha256(path) == shard.get("sha256"):
                     self.shards[int(shard["index"])] = shard
@@ -267,7 +274,7 @@ class StoreWriter:
         if not partial.is_file():
             return None
         try:
-            return read_manifest(partial)
+            return read_manifest(partial, structure=False)
         except CacheError as exc:
             print(f"[probes] {exc}; starting this store again", file=sys.stderr, flush=True)
             return None

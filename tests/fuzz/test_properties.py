@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 import tomllib
 
-import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from probes.audit import parse_policy
@@ -173,7 +172,7 @@ def test_any_config_value_is_a_config_or_a_config_error(tmp_path, table, key, va
     try:
         tomllib.loads(text)
     except (tomllib.TOMLDecodeError, ValueError):
-        pytest.skip("not TOML (mixed arrays of old TOML)")
+        assume(False)  # not TOML at all: nothing to say about the config reader
     path.write_text(text)
     try:
         config = load_config(path)
