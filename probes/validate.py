@@ -206,8 +206,20 @@ def floats_arg(*, nonzero: bool = False) -> Callable[[str], list[float]]:
 
 text_arg = as_arg(lambda text: check_text(text, "the text"))
 device_arg = as_arg(check_device)
-out_dir_arg = as_arg(check_out_dir)
-out_file_arg = as_arg(check_out_file)
+
+
+def _checked_path(check: Callable[[str], Path]) -> Callable[[str], str]:
+    """A path argument checked by ``check`` and kept as the string the user typed."""
+
+    def keep(text: str) -> str:
+        check(text)
+        return text
+
+    return as_arg(keep)
+
+
+out_dir_arg = _checked_path(check_out_dir)
+out_file_arg = _checked_path(check_out_file)
 
 
 def config_float(where: str, value: Any, **kwargs: Any) -> float:
