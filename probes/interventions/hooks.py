@@ -286,8 +286,10 @@ def erase(
     _check_scope(scope)
     hooks = []
     for eraser in _as_list(erasers):
-        width = {eraser.bias.shape[-1], eraser.proj_left.shape[0], eraser.proj_right.shape[-1]}
-        _check_width(max(width) if len(width) == 1 else -1, model, "the eraser", eraser.layer)
+        widths = {eraser.bias.shape[-1], eraser.proj_left.shape[0], eraser.proj_right.shape[-1]}
+        if len(widths) > 1:
+            raise ProbesError(f"the eraser at layer {eraser.layer} has mismatched widths {widths}")
+        _check_width(widths.pop(), model, "the eraser", eraser.layer)
 
         def fn(acts: Tensor, step: StepInfo, eraser: Eraser = eraser) -> Tensor:
             where = selected(step, scope, positions)[..., None]
