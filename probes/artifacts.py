@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,17 @@ def save_artifact(
     header = {"format": fmt, "version": version, "tensors_sha256": hashlib.sha256(blob).hexdigest()}
     atomic_write_json(json_path, {**header, **meta})
     return tensor_path, json_path
+
+
+@contextmanager
+def artifact_fields(path: str | Path) -> Iterator[None]:
+    """Turn a missing or mistyped metadata field of a loaded artefact into one line."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProbesError(
+            f"{artifact_paths(path)[1]} has a missing or bad field ({exc})."
+        ) from None
 
 
 def load_artifact(path: str | Path, fmt: str, version: int) -> tuple[dict[str, Tensor], dict]:

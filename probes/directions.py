@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from probes.artifacts import load_artifact, save_artifact
+from probes.artifacts import artifact_fields, load_artifact, save_artifact
 from probes.cache.store import ActivationStore
 from probes.errors import ProbesError
 
@@ -71,17 +71,18 @@ class Direction:
     @classmethod
     def load(cls, path: str | Path) -> Direction:
         tensors, meta = load_artifact(path, DIRECTION_FORMAT, 1)
-        return cls(
-            vector=tensors["vector"],
-            layer=int(meta["layer"]),
-            site=str(meta["site"]),
-            method=str(meta["method"]),
-            attribute=str(meta["attribute"]),
-            source=str(meta["source"]),
-            target=str(meta["target"]),
-            typical_norm=float(meta["typical_norm"]),
-            meta=dict(meta.get("meta") or {}),
-        )
+        with artifact_fields(path):
+            return cls(
+                vector=tensors["vector"],
+                layer=int(meta["layer"]),
+                site=str(meta["site"]),
+                method=str(meta["method"]),
+                attribute=str(meta["attribute"]),
+                source=str(meta["source"]),
+                target=str(meta["target"]),
+                typical_norm=float(meta["typical_norm"]),
+                meta=dict(meta.get("meta") or {}),
+            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,8 +109,9 @@ class Eraser:
     @classmethod
     def load(cls, path: str | Path) -> Eraser:
         tensors, meta = load_artifact(path, ERASER_FORMAT, 1)
-        layer, site, attribute = int(meta["layer"]), str(meta["site"]), str(meta["attribute"])
-        return cls(**tensors, layer=layer, site=site, attribute=attribute)
+        with artifact_fields(path):
+            layer, site, attribute = int(meta["layer"]), str(meta["site"]), str(meta["attribute"])
+            return cls(**tensors, layer=layer, site=site, attribute=attribute)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 from jaxtyping import Float, Int
 
 from probes.errors import ProbesError
+from probes.validate import check_int
 
 MAX_CELLS = 4_000_000  # default bound on array cells per vectorised resampling chunk
 
@@ -39,6 +40,7 @@ def chunk_sizes(total: int, cells_per_draw: int, max_cells: int = MAX_CELLS) -> 
 
 def bootstrap_indices(n: int, n_boot: int, seed: int) -> Int[np.ndarray, "n_boot n"]:
     """``[n_boot, n]`` resampling indices; share them to keep statistics of one sample paired."""
+    check_int("n_boot (the number of resamples)", n_boot)
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from probes.audit.items import load_safety_items, load_utility_items
 from probes.datasets import PERSONAS
 from probes.errors import ConfigError
+from probes.validate import config_float
 
 POLICY_PACKAGE = "probes.datasets"
 DEFAULT_POLICY = "default_policy.toml"
@@ -72,10 +73,8 @@ def _check_keys(
 
 
 def _number(where: str, value: Any) -> float:
-    """``value`` as a non-negative float, else a ConfigError."""
-    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{where} must be a non-negative number")
-    return float(value)
+    """``value`` as a finite non-negative float, else a ConfigError."""
+    return config_float(where, value, nonnegative=True)
 
 
 def _flag(where: str, value: Any) -> bool:
@@ -101,11 +100,13 @@ def parse_policy(text: str, source: str = "<policy>") -> AuditPolicy:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"policy {source} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"policy {source} is nested too deeply to read") from None
     _check_keys("policy", raw, {"tier1", "tier2"})
     t1 = raw.get("tier1", {})
     _check_keys("tier1", t1, {"metric", "max_shift", "require_interval"})
     metric = t1.get("metric", "log_odds")
-    if metric not in TIER1_METRICS:
+    if not isinstance(metric, str) or metric not in TIER1_METRICS:
         raise ConfigError(f"tier1.metric must be one of {', '.join(TIER1_METRICS)}")
     tier1 = Tier1Policy(
         metric=metric,
@@ -130,7 +131,7 @@ def parse_policy(text: str, source: str = "<policy>") -> AuditPolicy:
             {"name", "kind", "max", "categories", "groups", "require_interval"},
             frozenset({"kind", "max"}),
         )
-        if rule["kind"] not in RULE_KINDS:
+        if not isinstance(rule["kind"], str) or rule["kind"] not in RULE_KINDS:
             raise ConfigError(f"{where}.kind must be one of {', '.join(RULE_KINDS)}")
         name = rule.get("name", f"rule {n}")
         if not isinstance(name, str):
@@ -163,4 +164,10 @@ def load_policy(path: str | Path | None = None) -> AuditPolicy:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"policy file {path} does not exist")
-    return parse_policy(path.read_text(encoding="utf-8"), str(path))
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"policy file {path} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read policy file {path}: {exc.strerror or exc}") from None
+    return parse_policy(text, str(path))

@@ -82,6 +82,9 @@ def greedy_continuations(
     """Greedy continuations (for qualitative reading), batched with left padding.
 
     Each text ends at the first end-of-sequence token (kept, as a lone generate would)."""
+    from probes.validate import check_int
+
+    check_int("max_new_tokens", max_new_tokens)
     tok = model.tokenizer
     eos = model.hf_model.generation_config.eos_token_id
     if eos is None:

@@ -4,6 +4,7 @@ positions.
 
 from __future__ import annotations
 
+from probes.cache.budget import TRUNCATE_SIDES, check_lengths, check_memory
 from probes.cache.extraction import (
     STORE_DTYPES,
     default_cache_root,
@@ -14,6 +15,16 @@ from probes.cache.extraction import (
     parse_sites,
     prompts_hash,
 )
+from probes.cache.integrity import (
+    MANIFEST,
+    PARTIAL,
+    STORE_FORMAT,
+    TABLE,
+    file_sha256,
+    manifest_digest,
+    read_manifest,
+    read_table,
+)
 from probes.cache.positions import (
     PositionKind,
     PositionSpec,
@@ -23,19 +34,14 @@ from probes.cache.positions import (
     selection_weights,
 )
 from probes.cache.store import (
-    MANIFEST,
-    PARTIAL,
     SITE_HOOKS,
     SITE_ORDER,
-    STORE_FORMAT,
-    TABLE,
     ActivationStore,
     StoreWriter,
     describe_difference,
-    file_sha256,
     iter_shards,
-    read_table,
     request_key,
+    store_identity,
     tensor_name,
     write_store,
 )
@@ -48,10 +54,13 @@ __all__ = [
     "STORE_DTYPES",
     "STORE_FORMAT",
     "TABLE",
+    "TRUNCATE_SIDES",
     "ActivationStore",
     "PositionKind",
     "PositionSpec",
     "StoreWriter",
+    "check_lengths",
+    "check_memory",
     "default_cache_root",
     "describe_difference",
     "extract",
@@ -60,14 +69,17 @@ __all__ = [
     "file_sha256",
     "gather_positions",
     "iter_shards",
+    "manifest_digest",
     "parse_layers",
     "parse_position",
     "parse_sites",
     "prompts_hash",
+    "read_manifest",
     "read_table",
     "real_token_index",
     "request_key",
     "selection_weights",
+    "store_identity",
     "tensor_name",
     "write_store",
 ]

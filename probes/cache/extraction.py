@@ -18,6 +18,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from probes.cache import budget
+from probes.cache.budget import truncation_key
+from probes.cache.integrity import TABLE, parse_table, table_bytes
 from probes.cache.positions import PositionSpec, gather_positions, parse_position, selection_weights
 from probes.cache.store import (
     MANIFEST,
@@ -25,6 +28,7 @@ from probes.cache.store import (
     SITE_ORDER,
     ActivationStore,
     StoreWriter,
+    describe_difference,
     iter_shards,
     request_key,
     tensor_name,
@@ -33,6 +37,7 @@ from probes.errors import CacheError, ProbesError
 from probes.models.batching import collate, encode, pad_token_id
 from probes.models.layers import parse_layers
 from probes.models.loading import LoadedModel, probes_home, resolve_dtype
+from probes.validate import check_int, check_text
 
 STORE_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -82,29 +87,47 @@ def extract(
     shard_size: int = 256,
     padding_side: str = "right",
     progress: bool = True,
+    max_tokens: int | None = None,
+    truncate: str = "right",
 ) -> ActivationStore:
     """Run ``model`` on rendered ``prompts`` and store activations at the chosen positions.
 
     Returns the finished store. The same request (model fingerprint, prompts and metadata,
-    rendering, sites, layers, position, dtype) is a cache hit that does no model work; a
-    partially written store from a killed run is resumed from its last whole shard.
+    rendering, sites, layers, position, dtype, truncation) is a cache hit that does no model
+    work; a partially written store from a killed run is resumed from its last whole shard.
+    Rows longer than the model's context are refused unless ``max_tokens`` cuts them (from the
+    ``truncate`` side, keeping BOS); a batch too big for the memory available is refused.
     """
     prompts = list(prompts)
     if not prompts:
         raise ProbesError("no prompts to extract activations for")
     if not all(isinstance(p, str) for p in prompts):
         raise ProbesError("prompts must be rendered strings (see probes.datasets.render)")
+    for i, prompt in enumerate(prompts):
+        check_text(prompt, f"prompt {i}")
     if metadata is not None and len(metadata) != len(prompts):
         raise ProbesError(f"{len(metadata)} metadata rows for {len(prompts)} prompts")
     if dtype not in STORE_DTYPES:
         raise ProbesError(f"store dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
-    if batch_size < 1 or shard_size < 1:
-        raise ProbesError("batch_size and shard_size must be positive")
+    check_int("batch_size", batch_size)
+    check_int("shard_size", shard_size)
     if padding_side not in ("left", "right"):
         raise ProbesError("padding_side must be 'left' or 'right'")
     spec = parse_position(position, suffix)
     if spec.kind == "index" and len(spec.indices or ()) != len(prompts):
         raise ProbesError("position 'index' needs exactly one index per prompt")
+    truncation = truncation_key(max_tokens, truncate)
+    context = model.context_length
+    if truncation is not None:
+        if context is not None and truncation["max_tokens"] > context:
+            raise ProbesError(
+                f"max_tokens {max_tokens} is more than {model.name}'s context of {context}"
+            )
+        if spec.kind == "index" or (spec.kind == "suffix" and truncate == "right"):
+            raise ProbesError(
+                f"truncating from the {truncate} would cut the positions read by "
+                f"position {spec.kind!r}: use truncate='left' (--truncate left)"
+            )
     layer_list = parse_layers(layers, model.n_layers)
     site_list = parse_sites(sites)
 
@@ -120,20 +143,32 @@ def extract(
         "d_model": model.d_model,
         "shard_size": shard_size,
     }
+    if truncation is not None:  # only then, so stores made without it keep their keys
+        request["truncation"] = truncation
     folder = Path(cache_root or default_cache_root()) / request_key(request)
-    if (folder / MANIFEST).is_file():
-        store = ActivationStore.open(folder)
-        if store.request != request:
-            raise CacheError(f"store {folder} does not match its request; delete it")
-        return store
-
     table = [
         {"row": i, "text": prompts[i], **(metadata[i] if metadata is not None else {})}
         for i in range(len(prompts))
     ]
-    writer = StoreWriter(folder, request, table)
+    if (folder / MANIFEST).is_file():
+        return _cache_hit(folder, request, table)
+
     texts = spec.apply_to_texts(prompts)
     token_ids = encode(model.tokenizer, texts)
+    if truncation is not None:
+        token_ids = budget.truncate(
+            token_ids, truncation["max_tokens"], truncate, model.tokenizer.bos_token_id
+        )
+    budget.check_lengths(token_ids, context, model.name)
+    budget.check_memory(
+        model.hf_model.config,
+        model.d_model,
+        min(batch_size, shard_size, len(prompts)),
+        max(len(ids) for ids in token_ids),
+        torch.empty((), dtype=model.dtype).element_size(),
+        budget.available_memory(),
+    )
+    writer = StoreWriter(folder, request, table)
     total_tokens = sum(len(ids) for ids in token_ids)
     done_tokens = sum(
         len(token_ids[r])
@@ -157,6 +192,26 @@ def extract(
             tensors = capture.run(rows, token_ids, batch_size, on_batch=bar.update)
             writer.write_shard(index, (start, end), tensors)
     return writer.finish()
+
+
+def _cache_hit(
+    folder: Path, request: dict[str, Any], table: list[dict[str, Any]]
+) -> ActivationStore:
+    """The finished store for ``request``, checked against it and against the rows it holds."""
+    store = ActivationStore.open(folder)
+    if store.request != request:
+        raise CacheError(
+            f"store {folder} holds another request ({describe_difference(store.request, request)})"
+            ": delete it to extract again"
+        )
+    expected = parse_table(table_bytes(table), folder / TABLE)
+    for row, (have, want) in enumerate(zip(store.table, expected, strict=True)):
+        if have != want:
+            raise CacheError(
+                f"{TABLE} of store {folder} differs from this request's rows at row {row} "
+                f"({describe_difference(have, want)}): delete the store to extract again"
+            )
+    return store
 
 
 @contextmanager

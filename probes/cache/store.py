@@ -4,7 +4,12 @@ A store's folder name is a hash of the request that made it (model fingerprint, 
 rendering, sites, layers, position, dtype), so the same request finds the same store. Shards are
 written under a temporary name and renamed; ``manifest.partial.json`` lists the shards finished so
 far, so a killed extraction resumes from the last whole shard. ``manifest.json`` appears only when
-every shard is written. Every shard read is checked against its sha256.
+every shard is written.
+
+Integrity: the manifest records the size and sha256 of ``table.jsonl`` and of every shard, and
+a digest of itself. Opening a store checks the digest, the structure, every size and the table's
+hash (cheap: the table is read anyway); every shard read, and :meth:`ActivationStore.verify`,
+hash the shards.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +29,22 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from probes import __version__
-from probes.atomic import atomic_write_json, atomic_write_text
-from probes.errors import CacheError
-
-STORE_FORMAT = 1
-MANIFEST = "manifest.json"
-PARTIAL = "manifest.partial.json"
-TABLE = "table.jsonl"
+from probes.atomic import atomic_write_bytes, atomic_write_json, file_mode
+from probes.cache.integrity import (
+    MANIFEST,
+    PARTIAL,
+    SHARD_NAME,
+    STORE_FORMAT,
+    TABLE,
+    check_shard,
+    check_shard_size,
+    file_sha256,
+    manifest_digest,
+    open_table,
+    read_manifest,
+    table_bytes,
+)
+from probes.errors import CacheError, FileError
 
 SITE_HOOKS: dict[str, str] = {
     "resid_pre": "blocks.{layer}.hook_in",
@@ -49,14 +64,6 @@ def request_key(request: dict[str, Any]) -> str:
     """Short stable hash of a request: the store's folder name."""
     canonical = json.dumps(request, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:20]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def describe_difference(stored: dict[str, Any], requested: dict[str, Any]) -> str:
@@ -100,27 +107,35 @@ class ActivationStore:
             if (path / PARTIAL).is_file():
                 raise CacheError(f"store {path} is incomplete: re-run the extraction to resume it")
             raise CacheError(f"no activation store at {path} (no {MANIFEST})")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CacheError(f"{manifest_path} is not valid JSON: {exc.msg}") from exc
-        if manifest.get("format") != STORE_FORMAT:
-            raise CacheError(
-                f"store {path} has format {manifest.get('format')}, not {STORE_FORMAT}"
-            )
+        manifest = read_manifest(manifest_path)
         request = manifest["request"]
-        if model_fingerprint is not None and request["model"]["fingerprint"] != model_fingerprint:
-            raise CacheError(
-                f"store {path} was built for model {request['model']['name']} "
-                f"(fingerprint {request['model']['fingerprint']}), not fingerprint "
-                f"{model_fingerprint}"
+        wanted: dict[str, Any] = {}
+        if model_fingerprint is not None:
+            wanted["model fingerprint"] = model_fingerprint
+        if dataset_hash is not None:
+            wanted["dataset hash"] = dataset_hash
+        stored = {
+            "model fingerprint": request["model"]["fingerprint"],
+            "dataset hash": request["dataset_hash"],
+        }
+        stored = {k: v for k, v in stored.items() if k in wanted}
+        if stored != wanted:
+            what = (
+                f"model {request['model']['name']}"
+                if stored.get("model fingerprint") != wanted.get("model fingerprint")
+                else f"dataset {request['dataset_hash'][:12]}"
             )
-        if dataset_hash is not None and request["dataset_hash"] != dataset_hash:
             raise CacheError(
-                f"store {path} was built for dataset {request['dataset_hash'][:12]}, "
-                f"not {dataset_hash[:12]}"
+                f"store {path} was built for {what}, not for this request "
+                f"({describe_difference(stored, wanted)}): extract it again"
             )
-        return cls(path=path, manifest=manifest, table=read_table(path / TABLE))
+        table = open_table(path, manifest)
+        for shard in manifest["shards"]:
+            if manifest["format"] == 1:
+                check_shard(path, shard)  # no sizes recorded: hash instead
+            else:
+                check_shard_size(path, shard)
+        return cls(path=path, manifest=manifest, table=table)
 
     # -- what it holds ----------------------------------------------------------------------
     @property
@@ -169,64 +184,100 @@ class ActivationStore:
         return torch.stack([self.get(layer, site) for layer in self.layers], dim=1)
 
     def verify(self) -> None:
-        """Check every shard against its checksum; raise CacheError naming a bad shard."""
+        """Hash every file of the store against the manifest; a CacheError names a bad one."""
+        open_table(self.path, self.manifest)
         for shard in self.manifest["shards"]:
-            _check_shard(self.path, shard)
+            check_shard(self.path, shard)
 
     def _load_all(self) -> None:
         if self._tensors:
             return
         parts: dict[str, list[Tensor]] = {}
         for shard in self.manifest["shards"]:
-            _check_shard(self.path, shard)
-            for name, tensor in load_file(self.path / shard["file"]).items():
-                parts.setdefault(name, []).append(tensor)
+            check_shard(self.path, shard)
+            tensors = load_file(self.path / shard["file"])
+            start, end = shard["rows"]
+            for site in self.sites:
+                for layer in self.layers:
+                    name = tensor_name(site, layer)
+                    got = tensors.get(name)
+                    if got is None or tuple(got.shape) != (end - start, self.d_model):
+                        shape = None if got is None else tuple(got.shape)
+                        raise CacheError(
+                            f"shard {shard['file']} of store {self.path} does not hold {name} "
+                            f"as [{end - start}, {self.d_model}] (found {shape})"
+                        )
+                    parts.setdefault(name, []).append(got)
         self._tensors = {name: torch.cat(chunks) for name, chunks in parts.items()}
 
     def nbytes_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
 
 
-def _check_shard(folder: Path, shard: dict[str, Any]) -> None:
-    path = folder / shard["file"]
-    if not path.is_file():
-        raise CacheError(f"shard {shard['file']} of store {folder} is missing")
-    if file_sha256(path) != shard["sha256"]:
-        raise CacheError(f"shard {shard['file']} of store {folder} is corrupt (checksum mismatch)")
-
-
-def read_table(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def store_identity(store: ActivationStore) -> dict[str, Any]:
+    """What two stores must share to be compared: model, width, attribute."""
+    attributes = sorted({str(a) for a in store.column("attribute") if a is not None})
+    return {
+        "model": store.request["model"]["name"],
+        "fingerprint": store.request["model"]["fingerprint"],
+        "d_model": store.d_model,
+        "attribute": ",".join(attributes) or None,
+    }
 
 
 class StoreWriter:
-    """Writes one store shard by shard; resumes a partial store left by a killed run."""
+    """Writes one store shard by shard; resumes a partial store left by a killed run.
+
+    A ``manifest.partial.json`` that cannot be read (cut short, edited) is not a dead end: the
+    store starts again, keeping no shard it cannot vouch for."""
 
     def __init__(self, folder: Path, request: dict[str, Any], table: Sequence[dict[str, Any]]):
         self.folder = folder
         self.request = request
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FileError.from_os(exc, folder, "make the store folder") from exc
         self.shards: dict[int, dict[str, Any]] = {}
         partial = folder / PARTIAL
-        if partial.is_file():
-            previous = json.loads(partial.read_text())
-            if previous.get("request") != request:
-                difference = describe_difference(previous.get("request", {}), request)
-                raise CacheError(
-                    f"partial store {folder} was started for another request ({difference}); "
-                    "delete it or choose another folder"
-                )
-            for shard in previous.get("shards", []):
-                path = folder / shard["file"]
-                if path.is_file() and file_sha256(path) == shard["sha256"]:
-                    self.shards[int(shard["index"])] = shard
-        else:
-            atomic_write_text(
-                folder / TABLE, "".join(json.dumps(row, sort_keys=True) + "\n" for row in table)
+        previous = self._read_partial(partial)
+        if previous is not None and previous["request"] != request:
+            difference = describe_difference(previous["request"], request)
+            raise CacheError(
+                f"partial store {folder} was started for another request ({difference}); "
+                "delete it or choose another folder"
             )
-            self._write_partial()
+        blob = table_bytes(table)
+        self.table_entry = {
+            "file": TABLE,
+            "bytes": len(blob),
+            "sha256": hashlib.sha256(blob).hexdigest(),
+        }
+        if previous is not None:
+            for shard in previous["shards"]:
+                if not (
+                    isinstance(shard, dict)
+                    and SHARD_NAME.fullmatch(str(shard.get("file")))
+                    and type(shard.get("index")) is int
+                ):
+                    continue  # an entry it cannot vouch for: that shard is computed again
+                path = folder / shard["file"]
+                if path.is_file() and file_sha256(path) == shard.get("sha256"):
+                    self.shards[int(shard["index"])] = shard
+        table_path = folder / TABLE
+        if not (table_path.is_file() and file_sha256(table_path) == self.table_entry["sha256"]):
+            atomic_write_bytes(table_path, blob)
+        self._write_partial()
+
+    @staticmethod
+    def _read_partial(partial: Path) -> dict[str, Any] | None:
+        if not partial.is_file():
+            return None
+        try:
+            return read_manifest(partial, structure=False)
+        except CacheError as exc:
+            print(f"[probes] {exc}; starting this store again", file=sys.stderr, flush=True)
+            return None
 
     def done(self, index: int) -> bool:
         return index in self.shards
@@ -234,31 +285,45 @@ class StoreWriter:
     def write_shard(self, index: int, rows: tuple[int, int], tensors: dict[str, Tensor]) -> None:
         name = f"shard-{index:05d}.safetensors"
         tmp = self.folder / f".{name}.tmp-{os.getpid()}"
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-        with tmp.open("rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.folder / name)
+        try:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+            os.chmod(tmp, file_mode())  # like every other file, not the 0600 of a temp file
+            with tmp.open("rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.folder / name)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise FileError.from_os(exc, self.folder / name) from exc
+            raise
         self.shards[index] = {
             "index": index,
             "file": name,
             "rows": list(rows),
+            "bytes": (self.folder / name).stat().st_size,
             "sha256": file_sha256(self.folder / name),
         }
         self._write_partial()
 
     def _manifest(self, complete: bool) -> dict[str, Any]:
-        return {
+        manifest = {
             "format": STORE_FORMAT,
             "library_version": __version__,
             "complete": complete,
             "request": self.request,
+            "table": self.table_entry,
             "shards": [self.shards[i] for i in sorted(self.shards)],
         }
+        manifest["digest"] = manifest_digest(manifest)
+        return manifest
 
     def _write_partial(self) -> None:
         atomic_write_json(self.folder / PARTIAL, self._manifest(complete=False))
 
     def finish(self) -> ActivationStore:
+        """Write the manifest, remove the partial one and any temporary file left by a kill."""
+        for stray in self.folder.glob(".*.tmp*"):
+            stray.unlink(missing_ok=True)
         atomic_write_json(self.folder / MANIFEST, self._manifest(complete=True))
         (self.folder / PARTIAL).unlink(missing_ok=True)
         return ActivationStore.open(self.folder)

@@ -7,8 +7,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from probes import __version__
-from probes.cli.args import add_model_args
-from probes.errors import ProbesError
+from probes.cli.args import add_model_args, load_model_from_args
+from probes.errors import ProbesError, os_error_message
+from probes.validate import out_dir_arg
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -34,10 +35,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     import time
 
-    from probes.models.loading import load_model
-
     start = time.perf_counter()
-    model = load_model(args.spec, device=args.device, dtype=args.dtype)
+    model = load_model_from_args(args, args.spec)
     info = model.describe()
     info["load_seconds"] = round(time.perf_counter() - start, 1)
     width = max(len(k) for k in info)
@@ -71,6 +70,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         quick=args.quick,
         out=args.out,
         fresh=args.fresh,
+        trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
     )
     return run_main_job(options)
 
@@ -108,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(run)
     run.add_argument("--config", default=None, help="TOML config file")
     run.add_argument("--quick", action="store_true", help="small sizes, for a first look")
-    run.add_argument("--out", default=None, help="run folder (default: runs/<timestamp>)")
+    run.add_argument(
+        "--out", default=None, type=out_dir_arg, help="run folder (default: runs/<timestamp>)"
+    )
     run.add_argument(
         "--fresh",
         action="store_true",
@@ -148,18 +151,29 @@ def _plugin_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
 
 
 def guarded(run: Callable[[], int | None], prog: str = "probes") -> int:
-    """Call ``run``; a ProbesError prints one line and returns 2, Ctrl-C returns 130.
+    """Call ``run``; a ProbesError or an OSError prints one line and returns 2, Ctrl-C 130.
 
     The one place the command line turns errors a user can cause into an exit code (``main``,
     and the case-study scripts through ``probes.cli.mediation.case_study_main``)."""
     try:
         return int(run() or 0)
     except ProbesError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the one mapping of OS faults: path and cause, one line
+        print(f"{prog}: error: {_one_line(os_error_message(exc))}", file=sys.stderr)
+        return 2
+    except RecursionError:
+        print(f"{prog}: error: input nested too deeply to read", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(message: str) -> str:
+    """An error message as one line, whatever a library put in it."""
+    return " ".join(message.split()) or "failed"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from probes.errors import ProbesError
+from probes.validate import check_dtype, device_arg
 
 if TYPE_CHECKING:
     from probes.cache.store import ActivationStore
+    from probes.models.loading import LoadedModel
 
 DEFAULT_MODEL = "gemma-3-270m"
 STORE_HELP = "an activation store folder, or a cache root holding one (probes cache --out)"
@@ -18,16 +20,52 @@ STORE_HELP = "an activation store folder, or a cache root holding one (probes ca
 def add_model_args(
     parser: argparse.ArgumentParser, *, model: bool = True, default: str | None = DEFAULT_MODEL
 ) -> None:
-    """``--model``, ``--device`` and ``--dtype`` (the model's dtype), the same everywhere.
+    """``--model``, ``--device``, ``--dtype`` (the model's dtype), ``--trust-remote-code`` and
+    ``--allow-pickle``, the same everywhere; load with :func:`load_model_from_args`.
 
     ``model=False`` leaves out ``--model`` (for ``probes info SPEC``)."""
     if model:
         parser.add_argument("--model", default=default, help="model spec (default: %(default)s)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument(
+        "--device", default=None, type=device_arg, help="cpu, cuda, cuda:N (default: auto)"
+    )
     parser.add_argument(
         "--dtype",
         default=None,
+        type=_dtype_arg,
         help="dtype to run the model in: float32 (default), float16, bfloat16",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let a model folder run its own Python code (auto_map); off by default, see "
+        "docs/security.md",
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="let a model folder's pickle checkpoints (*.bin, *.pt) be loaded when it has no "
+        "safetensors; off by default, see docs/security.md",
+    )
+
+
+def _dtype_arg(text: str) -> str:
+    try:
+        return str(check_dtype(text))
+    except ProbesError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def load_model_from_args(args: argparse.Namespace, spec: str | None = None) -> LoadedModel:
+    """``load_model`` with the options of :func:`add_model_args`."""
+    from probes.models.loading import load_model
+
+    return load_model(
+        spec or args.model,
+        device=args.device,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
     )
 
 

@@ -8,18 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from probes.cli.args import add_model_args
+from probes.cli.args import add_model_args, load_model_from_args
 from probes.errors import ProbesError
+from probes.validate import int_arg, out_dir_arg
 
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return number
+_positive = int_arg(1)
 
 
 def _attributes(value: str) -> tuple[str, ...]:
@@ -31,10 +24,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     import torch
 
     from probes import __version__
-    from probes.atomic import atomic_write_json
+    from probes.atomic import atomic_write_json, make_dirs
     from probes.audit import load_policy, run_audit
     from probes.datasets import list_datasets
-    from probes.models.loading import load_model
     from probes.report.audit import write_audit_report
     from probes.viz.audit import write_audit_figures
 
@@ -44,9 +36,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     if bad:
         raise ProbesError(f"--readout: unknown dataset {bad[0]!r}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     start = time.perf_counter()
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model_from_args(args)
     load_seconds = round(time.perf_counter() - start, 1)
     result = run_audit(
         model,
@@ -105,7 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "personalization bias, tier-1/2/3 verdicts, the probes' read-out and a mitigation.",
     )
     add_model_args(audit)
-    audit.add_argument("--out", required=True, help="folder for results.json, report and figures")
+    audit.add_argument(
+        "--out", required=True, type=out_dir_arg, help="folder for results.json, report and figures"
+    )
     audit.add_argument("--policy", default=None, help="TOML policy file (default: packaged)")
     audit.add_argument(
         "--max-items",

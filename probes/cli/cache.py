@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from probes.cli.args import add_model_args
+from probes.cache.budget import TRUNCATE_SIDES
+from probes.cli.args import add_model_args, load_model_from_args
+from probes.validate import int_arg, out_dir_arg
 
 
 def _handle(args: argparse.Namespace) -> int:
     """Extract (or resume) the store and print where it is."""
     from probes.cache.extraction import extract_dataset
     from probes.datasets import RenderSpec, load_dataset
-    from probes.models.loading import load_model
 
     dataset = load_dataset(args.dataset, size=args.size, seed=args.seed)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model_from_args(args)
     suffix = None
     if args.position == "suffix":
         suffix = args.suffix.replace("{attribute}", dataset.attribute.replace("_", " "))
@@ -29,6 +30,8 @@ def _handle(args: argparse.Namespace) -> int:
         dtype=args.store_dtype,
         batch_size=args.batch_size,
         cache_root=args.out,
+        max_tokens=args.max_tokens,
+        truncate=args.truncate,
     )
     size_mb = store.nbytes_on_disk() / 2**20
     print(
@@ -50,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out",
         default=None,
+        type=out_dir_arg,
         help="cache root: the store is written to a subfolder named by its content hash, and "
         "`probes probe --store` takes the root too while it holds one store "
         "(default: $PROBES_HOME/activations)",
@@ -74,7 +78,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="dtype the activations are stored in (default: %(default)s)",
     )
     parser.add_argument("--model-dtype", dest="dtype", help=argparse.SUPPRESS)  # old name
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--size", type=int, default=None, help="built-in dataset size")
+    parser.add_argument("--batch-size", type=int_arg(1), default=16)
+    parser.add_argument(
+        "--max-tokens",
+        type=int_arg(2),
+        default=None,
+        help="cut rows longer than N tokens (recorded in the store's request); without it, a "
+        "row longer than the model's context is refused",
+    )
+    parser.add_argument(
+        "--truncate",
+        default="right",
+        choices=TRUNCATE_SIDES,
+        help="with --max-tokens: cut the end (right, default) or the start (left) of a long "
+        "row; BOS is kept. --position suffix needs left",
+    )
+    parser.add_argument("--size", type=int_arg(1), default=None, help="built-in dataset size")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=_handle)

@@ -7,13 +7,9 @@ from collections import Counter
 
 from probes.datasets import export_dataset, list_datasets, load_dataset
 from probes.datasets.schema import Dataset
+from probes.validate import int_arg, out_file_arg
 
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return number
+_positive_int = int_arg(1)
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -116,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p_show = commands.add_parser("show", help="summary and first examples of a dataset or file")
     p_show.add_argument("name", help="built-in name or path to a .jsonl / .csv file")
-    p_show.add_argument("--n", type=int, default=5, help="examples to print (default 5)")
+    p_show.add_argument("--n", type=int_arg(0), default=5, help="examples to print (default 5)")
     _add_sampling(p_show)
     for field, default in (
         ("text", "text"),
@@ -133,6 +129,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p_export = commands.add_parser("export", help="write a dataset to .jsonl or .csv")
     p_export.add_argument("name", help="built-in name or path to a .jsonl / .csv file")
-    p_export.add_argument("--out", required=True, help="output path ending in .jsonl or .csv")
+    p_export.add_argument(
+        "--out", required=True, type=out_file_arg, help="output path ending in .jsonl or .csv"
+    )
     _add_sampling(p_export)
     p_export.set_defaults(func=handle_export)

@@ -8,8 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from probes.cli.args import add_model_args
+from probes.cli.args import add_model_args, load_model_from_args
 from probes.errors import ProbesError
+from probes.validate import int_arg, out_dir_arg
 
 if TYPE_CHECKING:
     from probes.mediation import CaseStudyResult
@@ -82,7 +83,6 @@ def run_from_args(args: argparse.Namespace, case_name: str | None = None) -> int
     """Run one case study from parsed arguments (shared by ``probes mediate`` and the scripts)."""
     from probes.cache.extraction import parse_layers
     from probes.mediation import METRICS, analyse_case_study, case_study
-    from probes.models.loading import load_model
 
     case = case_study(case_name or args.dataset)
     if getattr(args, "metric", None):
@@ -94,7 +94,7 @@ def run_from_args(args: argparse.Namespace, case_name: str | None = None) -> int
     positions = _positions(args.positions)
     if args.pairs is not None and args.pairs < 1:
         raise ProbesError(f"--pairs must be at least 1, got {args.pairs}")
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model_from_args(args)
     layers = None if args.layers is None else parse_layers(args.layers, model.n_layers)
     result = analyse_case_study(
         model,
@@ -134,6 +134,7 @@ def add_arguments(
         "--out",
         required=out is None,
         default=out,
+        type=out_dir_arg,
         help="folder for results.json and figures" + (" (default: %(default)s)" if out else ""),
     )
     parser.add_argument(
@@ -157,13 +158,13 @@ def add_arguments(
     parser.add_argument("--positions", default="last", help="last (default), all, or e.g. -2,-1")
     parser.add_argument(
         "--pairs",
-        type=int,
+        type=int_arg(1),
         default=pairs,
         help=f"twin pairs drawn at random by --seed (default: {pairs or 'all'})",
     )
     parser.add_argument("--metric", default=None, help="log_odds or positive_logprob")
-    parser.add_argument("--n-boot", type=int, default=2000)
-    parser.add_argument("--n-perm", type=int, default=10_000)
+    parser.add_argument("--n-boot", type=int_arg(1), default=2000)
+    parser.add_argument("--n-perm", type=int_arg(1), default=10_000)
     parser.add_argument("--seed", type=int, default=0)
 
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from probes.atomic import atomic_write_json
 from probes.cli.args import STORE_HELP, open_store, resolve_store
+from probes.errors import ProbesError
+from probes.validate import float_arg, int_arg, out_dir_arg
 
 if TYPE_CHECKING:
     from probes.probing.layerwise import LayerwiseResult
@@ -40,7 +42,8 @@ def _handle_probe(args: argparse.Namespace) -> int:
     result = fit_layerwise(
         store,
         site=args.site,
-        n_folds=args.folds,
+        n_folds=5 if args.folds is None else args.folds,
+        exact_folds=args.folds is not None,
         C=args.C,
         n_boot=args.n_boot,
         seed=args.seed,
@@ -65,10 +68,14 @@ def _handle_transfer(args: argparse.Namespace) -> int:
     train_path = resolve_store(args.train)
     test_paths = [resolve_store(p) for p in args.test]
     train = ActivationStore.open(train_path)
+    tests = [ActivationStore.open(path) for path in test_paths]
+    if args.layer is not None and any(args.layer not in s.layers for s in [train, *tests]):
+        shared = sorted(set(train.layers).intersection(*(s.layers for s in tests)))
+        raise ProbesError(f"--layer {args.layer} is not in every store (shared layers {shared})")
     out = Path(args.out)
     results = []
-    for path in test_paths:
-        result = transfer(train, ActivationStore.open(path), site=args.site, C=args.C)
+    for test in tests:
+        result = transfer(train, test, site=args.site, C=args.C)
         results.append(result.to_dict())
         best = max(result.rows, key=lambda r: r["accuracy"])
         print(
@@ -90,11 +97,21 @@ def _handle_transfer(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     probe = subparsers.add_parser("probe", help="layer-wise probes with controls on a store")
     probe.add_argument("--store", required=True, help=STORE_HELP)
-    probe.add_argument("--out", required=True, help="folder for results.json and figures")
+    probe.add_argument(
+        "--out", required=True, type=out_dir_arg, help="folder for results.json and figures"
+    )
     probe.add_argument("--site", default="resid_post")
-    probe.add_argument("--folds", type=int, default=5)
-    probe.add_argument("--C", type=float, default=1.0, help="inverse L2 strength (as sklearn)")
-    probe.add_argument("--n-boot", type=int, default=1000)
+    probe.add_argument(
+        "--folds",
+        type=int_arg(2),
+        default=None,
+        help="cross-validation folds (default: 5, fewer when the store has fewer families; "
+        "a number given here is refused if the store cannot make that many)",
+    )
+    probe.add_argument(
+        "--C", type=float_arg(positive=True), default=1.0, help="inverse L2 strength (as sklearn)"
+    )
+    probe.add_argument("--n-boot", type=int_arg(1), default=1000)
     probe.add_argument("--seed", type=int, default=0)
     probe.add_argument("--backend", default="torch", choices=["torch", "sklearn"])
     probe.add_argument("--no-bow", action="store_true", help="skip the bag-of-words baseline")
@@ -103,8 +120,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr = subparsers.add_parser("transfer", help="train a probe on one store, test on others")
     tr.add_argument("--train", required=True, help="store to train on (" + STORE_HELP + ")")
     tr.add_argument("--test", required=True, nargs="+", help="stores to test on (each as --train)")
-    tr.add_argument("--out", required=True)
+    tr.add_argument("--out", required=True, type=out_dir_arg)
     tr.add_argument("--site", default="resid_post")
-    tr.add_argument("--C", type=float, default=1.0)
+    tr.add_argument("--C", type=float_arg(positive=True), default=1.0)
     tr.add_argument("--layer", type=int, default=None, help="also write a matrix at this layer")
     tr.set_defaults(func=_handle_transfer)

@@ -5,17 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from probes.cli.args import add_model_args
+from probes.cli.args import add_model_args, load_model_from_args
 from probes.datasets.cues import STEERABLE
-from probes.errors import ProbesError
 from probes.models.layers import layers_at_depth
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise ProbesError(f"expected comma-separated numbers, got {text!r}") from exc
+from probes.validate import float_arg, floats_arg, int_arg, out_dir_arg, text_arg
 
 
 def _layers(text: str | None, n_layers: int) -> list[int]:
@@ -29,11 +22,10 @@ def _layers(text: str | None, n_layers: int) -> list[int]:
 
 def _handle_steer(args: argparse.Namespace) -> int:
     """Run the sweep, write ``results.json`` and print the best settings."""
-    from probes.models.loading import load_model
     from probes.pipeline.interventions import print_steering_summary, steer_to_folder
 
-    strengths = _floats(args.strengths)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    strengths = args.strengths
+    model = load_model_from_args(args)
     out = Path(args.out)
     payload = steer_to_folder(
         model,
@@ -51,10 +43,9 @@ def _handle_steer(args: argparse.Namespace) -> int:
 
 def _handle_patch(args: argparse.Namespace) -> int:
     """Patch every layer x token group, write ``results.json`` and print the table."""
-    from probes.models.loading import load_model
     from probes.pipeline.interventions import patch_to_folder
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model_from_args(args)
     layers = _layers(args.layers, model.n_layers) if args.layers else None
     out = Path(args.out)
     p = patch_to_folder(model, args.attribute, layers, out)["patching"]
@@ -70,11 +61,10 @@ def _handle_generate(args: argparse.Namespace) -> int:
     from probes.behavior.scoring import greedy_continuations
     from probes.directions import Direction
     from probes.interventions.hooks import steer
-    from probes.models.loading import load_model
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
-    if args.steer:
-        direction = Direction.load(args.steer)
+    direction = Direction.load(args.steer) if args.steer else None  # before the model loads
+    model = load_model_from_args(args)
+    if direction is not None:
         with steer(model, direction, args.strength, scope=args.scope):
             texts = greedy_continuations(model, args.prompt, args.max_new_tokens)
     else:
@@ -95,10 +85,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--layers", default=None, help="e.g. 3,6,9 or 2-10 or all (default: 40/60/80%% depth)"
     )
-    s.add_argument("--strengths", default="-0.2,-0.1,0.1,0.2", help="x typical norm")
+    s.add_argument(
+        "--strengths",
+        type=floats_arg(nonzero=True),
+        default=[-0.2, -0.1, 0.1, 0.2],
+        help="comma-separated, x typical norm (default: -0.2,-0.1,0.1,0.2)",
+    )
     s.add_argument("--method", default="mean_diff", choices=["mean_diff", "probe", "twin_pca"])
-    s.add_argument("--kl-max", type=float, default=0.5, help="damage bound in nats")
-    s.add_argument("--out", required=True)
+    s.add_argument(
+        "--kl-max", type=float_arg(positive=True), default=0.5, help="damage bound in nats"
+    )
+    s.add_argument("--out", required=True, type=out_dir_arg)
     s.set_defaults(func=_handle_steer)
 
     p = subparsers.add_parser(
@@ -106,13 +103,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--attribute", default="dialect", choices=sorted(STEERABLE))
     p.add_argument("--layers", default=None, help="default: every layer")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, type=out_dir_arg)
     p.set_defaults(func=_handle_patch)
 
     g = subparsers.add_parser("generate", parents=[common], help="greedy generation, steered")
-    g.add_argument("prompt", nargs="+")
+    g.add_argument("prompt", nargs="+", type=text_arg)
     g.add_argument("--steer", default=None, help="a saved direction (.json/.safetensors)")
-    g.add_argument("--strength", type=float, default=1.0, help="x the layer's typical norm")
+    g.add_argument("--strength", type=float_arg(), default=1.0, help="x the layer's typical norm")
     g.add_argument("--scope", default="all", choices=["prompt", "generation", "all"])
-    g.add_argument("--max-new-tokens", type=int, default=20)
+    g.add_argument("--max-new-tokens", type=int_arg(1), default=20)
     g.set_defaults(func=_handle_generate)

@@ -78,8 +78,17 @@ def _read_jsonl(path: Path) -> tuple[dict[str, Any] | None, list[tuple[int, dict
                 raise DatasetError(
                     f"{_where(path, number)} is not valid JSON ({err.msg})."
                 ) from None
+            except RecursionError:
+                raise DatasetError(f"{_where(path, number)} is nested too deeply.") from None
             if not isinstance(row, dict):
                 raise DatasetError(f"{_where(path, number)} is not a JSON object.")
+            try:
+                json.dumps(row, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise DatasetError(
+                    f"{_where(path, number)} holds text that is not valid Unicode "
+                    "(a lone surrogate escape such as \\ud800)."
+                ) from None
             if not rows and header is None and set(row) == {HEADER_KEY}:
                 header = row[HEADER_KEY]
                 if not isinstance(header, dict):
@@ -100,7 +109,7 @@ def _read_csv(path: Path) -> tuple[dict[str, Any] | None, list[tuple[int, dict[s
         offset = 1
         try:
             header = json.loads(first[len(CSV_HEADER_PREFIX) :])
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise DatasetError(f"{_where(path, 1)} has a malformed dataset header.") from None
         if not isinstance(header, dict):
             raise DatasetError(f"{_where(path, 1)} has a malformed dataset header.")
@@ -121,6 +130,20 @@ def _read_csv(path: Path) -> tuple[dict[str, Any] | None, list[tuple[int, dict[s
     except csv.Error as err:
         raise DatasetError(f"{path.name} is not valid CSV ({err}).") from None
     return header, rows
+
+
+def _check_header(header: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The dataset header's name and attribute are strings, its labels a list of strings."""
+    where = f"{path.name}: the dataset header's"
+    for key in ("name", "attribute"):
+        if header.get(key) is not None and not isinstance(header[key], str):
+            raise DatasetError(f"{where} {key!r} must be a string.")
+    labels = header.get("labels")
+    if labels is not None and (
+        not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)
+    ):
+        raise DatasetError(f"{where} 'labels' must be a list of strings, got {labels!r:.40}.")
+    return header
 
 
 def _as_str(value: Any, what: str, where: str) -> str:
@@ -202,7 +225,7 @@ def load_file(path: str | os.PathLike[str], cols: Columns, attribute: str | None
         header, rows = _read_jsonl(path) if suffix == ".jsonl" else _read_csv(path)
     except UnicodeDecodeError:
         raise DatasetError(f"Dataset file {str(path)!r} is not UTF-8 text.") from None
-    header = header or {}
+    header = _check_header(header or {}, path)
     if not rows:
         raise DatasetError(f"Dataset file {str(path)!r} has no rows.")
     default_attr = attribute or header.get("attribute") or path.stem

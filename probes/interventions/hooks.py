@@ -42,6 +42,7 @@ from probes.models.batching import (
 )
 from probes.models.compat import cached_length
 from probes.models.loading import LoadedModel
+from probes.validate import check_float
 
 Scope = Literal["prompt", "generation", "all"]
 SCOPES: tuple[str, ...] = ("prompt", "generation", "all")
@@ -139,7 +140,18 @@ def selected(step: StepInfo, scope: str, positions: Sequence[int] | None) -> Boo
     return step.real & hit
 
 
+def _check_width(width: int, model: LoadedModel, what: str, layer: int) -> None:
+    """A vector that does not fit the model's residual width is a one-line error."""
+    if width != model.d_model:
+        raise ProbesError(
+            f"{what} at layer {layer} has width {width}, but {model.name} has d_model "
+            f"{model.d_model}: it was made for another model"
+        )
+
+
 def _hook_name(site: str, layer: int, model: LoadedModel) -> str:
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise ProbesError(f"layer must be an integer, got {layer!r}")
     if site not in SITE_HOOKS:
         raise ProbesError(f"unknown site {site!r}; choose from {', '.join(SITE_HOOKS)}")
     if not 0 <= layer < model.n_layers:
@@ -193,7 +205,9 @@ def steer(
     """
     _check_scope(scope)
     hooks = []
+    check_float("steering strength", strength)
     for direction in _as_list(directions):
+        _check_width(direction.vector.shape[-1], model, "the direction", direction.layer)
         delta = direction.scaled(strength)
 
         def fn(acts: Tensor, step: StepInfo, delta: Tensor = delta) -> Tensor:
@@ -248,6 +262,7 @@ def ablate(
     _check_scope(scope)
     hooks = []
     for (site_name, layer), basis in _grouped_bases(directions, layers, site).items():
+        _check_width(basis.shape[0], model, "the ablated direction", layer)
 
         def fn(acts: Tensor, step: StepInfo, basis: Tensor = basis) -> Tensor:
             q = basis.to(acts.device, acts.dtype)
@@ -271,6 +286,10 @@ def erase(
     _check_scope(scope)
     hooks = []
     for eraser in _as_list(erasers):
+        widths = {eraser.bias.shape[-1], eraser.proj_left.shape[0], eraser.proj_right.shape[-1]}
+        if len(widths) > 1:
+            raise ProbesError(f"the eraser at layer {eraser.layer} has mismatched widths {widths}")
+        _check_width(widths.pop(), model, "the eraser", eraser.layer)
 
         def fn(acts: Tensor, step: StepInfo, eraser: Eraser = eraser) -> Tensor:
             where = selected(step, scope, positions)[..., None]

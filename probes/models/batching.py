@@ -61,7 +61,13 @@ def collate(
 
 
 def encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids per text, with the tokenizer's own special tokens (BOS for Gemma)."""
+    """Token ids per text, with the tokenizer's own special tokens (BOS for Gemma).
+
+    A text that is not valid Unicode (a lone surrogate) is a one-line ProbesError."""
+    from probes.validate import check_text
+
+    for i, text in enumerate(texts):
+        check_text(text, f"text {i}")
     return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
 
 

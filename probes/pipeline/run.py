@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from probes import __version__
-from probes.atomic import atomic_write_json
+from probes.atomic import atomic_write_json, make_dirs
 from probes.models.loading import LoadedModel
 from probes.pipeline.config import ProbeStageConfig
 from probes.pipeline.stage_cache import StageRunner
@@ -274,6 +274,8 @@ class RunOptions:
     quick: bool = False
     out: str | Path | None = None
     fresh: bool = False
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
 
 
 def run_main_job(options: RunOptions) -> int:
@@ -290,14 +292,20 @@ def run_main_job(options: RunOptions) -> int:
     )
     start = time.perf_counter()
     out = Path(options.out) if options.out else default_run_dir()
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     seconds: dict[str, float] = {}
     from probes.models.loading import EMBEDDED_SPEC, convert_embedded, is_converted
 
     if config.model == EMBEDDED_SPEC and not is_converted():
         convert_embedded()  # the one-off conversion, timed on its own
         seconds["one_off_conversion"] = round(time.perf_counter() - start, 1)
-    model = load_model(config.model, device=config.device, dtype=config.dtype)
+    model = load_model(
+        config.model,
+        device=config.device,
+        dtype=config.dtype,
+        trust_remote_code=options.trust_remote_code,
+        allow_pickle=options.allow_pickle,
+    )
     loaded = time.perf_counter() - start - seconds.get("one_off_conversion", 0.0)
     seconds["load_model"] = round(loaded, 1)
     from dataclasses import asdict

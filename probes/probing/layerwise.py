@@ -19,8 +19,9 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from probes import stats
-from probes.cache.store import ActivationStore
+from probes.cache.store import ActivationStore, describe_difference, store_identity
 from probes.errors import ProbesError
+from probes.validate import check_int
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ def make_splits(
     """Folds grouped by template family when there are >= 2 families, else stratified."""
     from sklearn.model_selection import GroupKFold, StratifiedKFold
 
+    check_int("n_folds", n_folds, minimum=2)
     n = len(labels)
     y = np.asarray(labels)
     distinct = sorted({g for g in groups if g is not None}) if groups is not None else []
@@ -263,12 +265,19 @@ def fit_layerwise(
     bow: bool = True,
     attribute: str | None = None,
     layers: Sequence[int] | None = None,
+    exact_folds: bool = False,
 ) -> LayerwiseResult:
     """Cross-validated probes at every stored layer of ``site`` (or the listed ``layers``),
     with controls and baselines."""
     classes, y = encode_labels(store.column(label_col))
     groups = store.column(group_col)
     splits = make_splits(y, groups if any(g is not None for g in groups) else None, n_folds, seed)
+    if exact_folds and splits.n_folds != n_folds:
+        why = "template families" if splits.kind == "group" else "rows in the smallest class"
+        raise ProbesError(
+            f"{n_folds} folds asked for, but this store allows {splits.n_folds} ({why}): "
+            f"pass --folds {splits.n_folds} or fewer"
+        )
     chosen = list(store.layers) if layers is None else sorted(set(layers))
     if not chosen:
         raise ProbesError("no layers to probe: name at least one")
@@ -369,7 +378,15 @@ def transfer(
     train_name: str | None = None,
     test_name: str | None = None,
 ) -> TransferResult:
-    """Train on every row of ``train_store``, test on ``test_store``, at each shared layer."""
+    """Train on every row of ``train_store``, test on ``test_store``, at each shared layer.
+
+    Both stores must come from the same model (fingerprint), width and attribute."""
+    a, b = store_identity(train_store), store_identity(test_store)
+    if a != b:
+        raise ProbesError(
+            f"cannot transfer from {train_store.path.name} ({a['model']}) to "
+            f"{test_store.path.name} ({b['model']}): {describe_difference(a, b)}"
+        )
     classes, y_train = encode_labels(train_store.column(label_col))
     test_labels = [str(v) for v in test_store.column(label_col)]
     unknown = sorted(set(test_labels) - set(classes))

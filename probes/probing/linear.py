@@ -340,8 +340,8 @@ def fit_logistic_batched(
         )
     if n_classes < 2:
         raise ProbesError(f"A logistic probe needs at least two classes; got {n_classes}.")
-    if not C > 0:
-        raise ProbesError(f"C must be positive; got {C}.")
+    if not 0 < C < float("inf"):
+        raise ProbesError(f"C must be a positive finite number; got {C}.")
     if bool(((targets < 0) | (targets >= n_classes)).any()):
         raise ProbesError(f"Labels must be class ids in 0..{n_classes - 1}.")
     n_train = masks.sum(1)
