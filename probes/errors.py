@@ -21,3 +21,7 @@ class CacheError(ProbesError):
 
 class ConfigError(ProbesError):
     """A configuration value or file that cannot be used."""
+
+
+class UnsupportedArchitectureError(ProbesError):
+    """A model whose architecture TransformerBridge cannot wrap."""

@@ -24,6 +24,7 @@ from probes.models.compat import (
     kv_cache_from,
     route_kv_cache,
 )
+from probes.models.head import OutputHead, detect_output_head
 from probes.models.loading import (
     BUILTIN_SPECS,
     EMBEDDED_ARCH_NAME,
@@ -55,6 +56,7 @@ __all__ = [
     "Batch",
     "BuiltinSpec",
     "LoadedModel",
+    "OutputHead",
     "batch_rows",
     "build_byte_tokenizer",
     "build_tiny_model",
@@ -64,6 +66,7 @@ __all__ = [
     "convert_embedded",
     "current_rows",
     "declared_prompt_lengths",
+    "detect_output_head",
     "embedded_model_dir",
     "encode",
     "installed_version",

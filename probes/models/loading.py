@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
-from probes.errors import ModelNotFoundError, ProbesError
+from probes.errors import ModelNotFoundError, ProbesError, UnsupportedArchitectureError
 from probes.models.compat import check_supported, route_kv_cache
+from probes.models.head import detect_output_head
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -268,7 +269,7 @@ def load_model(
     hf_model = hf_model.to(device=torch_device, dtype=torch_dtype).eval()
     bridge = _boot_bridge(arch_name, hf_model, tokenizer)
     cfg = hf_model.config
-    return LoadedModel(
+    loaded = LoadedModel(
         bridge=bridge,
         tokenizer=bridge.tokenizer,
         name=spec if spec in BUILTIN_SPECS else Path(spec).name or spec,
@@ -281,6 +282,9 @@ def load_model(
         device=torch_device,
         dtype=torch_dtype,
     )
+    # checked now, before any hook is attached: may answer tokens skip the full head?
+    loaded.extra["output_head"] = detect_output_head(hf_model, loaded.d_model)
+    return loaded
 
 
 def _resolve_folder(spec: str) -> Path:
@@ -341,10 +345,24 @@ def _boot_bridge(arch_name: str, hf_model: Any, tokenizer: Any) -> Any:
         bridge = TransformerBridge.boot_transformers(
             arch_name, hf_model=hf_model, tokenizer=tokenizer
         )
+    except ValueError as exc:
+        if "architecture" not in str(exc).lower():
+            raise
+        found = ", ".join(hf_model.config.architectures or [type(hf_model).__name__])
+        raise UnsupportedArchitectureError(
+            f"architecture {found} is not supported: TransformerLens {_tl_version()}'s "
+            "TransformerBridge has no adapter for it"
+        ) from exc
     finally:
         logging.getLogger().setLevel(previous)
     route_kv_cache(bridge)
     return bridge
+
+
+def _tl_version() -> str:
+    from probes.models.compat import installed_version
+
+    return installed_version("transformer-lens") or "?"
 
 
 def list_models() -> list[dict[str, str]]:
