@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -31,10 +32,15 @@ from probes.cache.store import (
 )
 from probes.errors import CacheError, ProbesError
 from probes.models.batching import collate, encode, pad_token_id
+from probes.models.devices import default_store_dtype, free_memory_batch_size, shrinking_batches
 from probes.models.layers import parse_layers
 from probes.models.loading import LoadedModel, probes_home, resolve_dtype
 
 STORE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _warn_shrink(size: int) -> None:
+    print(f"[probes] out of memory: batch size now {size}", file=sys.stderr, flush=True)
 
 
 class _StopForward(Exception):
@@ -73,8 +79,8 @@ def extract(
     sites: Sequence[str] | str = ("resid_post",),
     position: str | PositionSpec = "last",
     suffix: str | None = None,
-    dtype: str = "float32",
-    batch_size: int = 16,
+    dtype: str | None = None,
+    batch_size: int | str = 16,
     metadata: Sequence[dict[str, Any]] | None = None,
     rendering: str | dict[str, Any] = "raw",
     dataset_hash: str | None = None,
@@ -88,6 +94,10 @@ def extract(
     Returns the finished store. The same request (model fingerprint, prompts and metadata,
     rendering, sites, layers, position, dtype) is a cache hit that does no model work; a
     partially written store from a killed run is resumed from its last whole shard.
+
+    ``dtype=None`` stores in the model's dtype when it is half precision (bfloat16 on CUDA by
+    default), else float32. ``batch_size="auto"`` sizes batches from the device's free memory;
+    any batch that runs out of memory is halved and retried, never a crash.
     """
     prompts = list(prompts)
     if not prompts:
@@ -96,10 +106,13 @@ def extract(
         raise ProbesError("prompts must be rendered strings (see probes.datasets.render)")
     if metadata is not None and len(metadata) != len(prompts):
         raise ProbesError(f"{len(metadata)} metadata rows for {len(prompts)} prompts")
+    dtype = dtype if dtype is not None else default_store_dtype(model.dtype)
     if dtype not in STORE_DTYPES:
         raise ProbesError(f"store dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
-    if batch_size < 1 or shard_size < 1:
-        raise ProbesError("batch_size and shard_size must be positive")
+    if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ProbesError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+    if shard_size < 1:
+        raise ProbesError("shard_size must be positive")
     if padding_side not in ("left", "right"):
         raise ProbesError("padding_side must be 'left' or 'right'")
     spec = parse_position(position, suffix)
@@ -134,6 +147,9 @@ def extract(
     writer = StoreWriter(folder, request, table)
     texts = spec.apply_to_texts(prompts)
     token_ids = encode(model.tokenizer, texts)
+    if batch_size == "auto":
+        longest = max(len(ids) for ids in token_ids)
+        batch_size = free_memory_batch_size(model.device, model.d_model, longest)
     total_tokens = sum(len(ids) for ids in token_ids)
     done_tokens = sum(
         len(token_ids[r])
@@ -154,7 +170,8 @@ def extract(
             if writer.done(index):
                 continue
             rows = list(range(start, end))
-            tensors = capture.run(rows, token_ids, batch_size, on_batch=bar.update)
+            tensors = capture.run(rows, token_ids, int(batch_size), on_batch=bar.update)
+            batch_size = capture.batch_size  # smaller from now on if a batch ran out of memory
             writer.write_shard(index, (start, end), tensors)
     return writer.finish()
 
@@ -199,6 +216,7 @@ class _Capture:
         self.buffers: dict[str, torch.Tensor] = {}
         self.selection: torch.Tensor | None = None
         self.slots: torch.Tensor | None = None
+        self.batch_size = 0
 
     def _hook(self, site: str, layer: int) -> Callable[..., None]:
         name = tensor_name(site, layer)
@@ -235,22 +253,24 @@ class _Capture:
         # longest first within the shard, so batches hold prompts of similar length
         order = sorted(range(len(rows)), key=lambda k: (-len(token_ids[rows[k]]), k))
         body = model.hf_model.base_model
+
+        def run_batch(slots: list[int]) -> None:
+            seqs = [token_ids[rows[k]] for k in slots]
+            batch = collate(seqs, pad, self.padding_side, model.device)  # type: ignore[arg-type]
+            skip_first = torch.as_tensor(
+                [int(bos is not None and len(s) > 0 and s[0] == bos) for s in seqs],
+                device=model.device,
+            )
+            self.selection = selection_weights(
+                self.spec, batch.attention_mask, skip_first, rows=[rows[k] for k in slots]
+            )
+            self.slots = torch.as_tensor(slots)
+            with suppress(_StopForward):
+                body(**batch.model_kwargs(), use_cache=False)
+            on_batch(sum(len(s) for s in seqs))
+
         with model.bridge.hooks(fwd_hooks=hooks), fast_attention(model.hf_model):
-            for start in range(0, len(order), batch_size):
-                slots = order[start : start + batch_size]
-                seqs = [token_ids[rows[k]] for k in slots]
-                batch = collate(seqs, pad, self.padding_side, model.device)  # type: ignore[arg-type]
-                skip_first = torch.as_tensor(
-                    [int(bos is not None and len(s) > 0 and s[0] == bos) for s in seqs],
-                    device=model.device,
-                )
-                self.selection = selection_weights(
-                    self.spec, batch.attention_mask, skip_first, rows=[rows[k] for k in slots]
-                )
-                self.slots = torch.as_tensor(slots)
-                with suppress(_StopForward):
-                    body(**batch.model_kwargs(), use_cache=False)
-                on_batch(sum(len(s) for s in seqs))
+            self.batch_size = shrinking_batches(order, batch_size, run_batch, _warn_shrink)
         out, self.buffers = self.buffers, {}
         return out
 
@@ -267,6 +287,7 @@ def extract_dataset(
     The rendering (frame, suffix) and the dataset's content hash are part of the cache key.
     """
     from probes.datasets import RenderSpec, render
+    from probes.datasets.render import RENDER_VERSION
 
     spec = render_spec or RenderSpec()
     prompts = render(dataset, spec, tokenizer=model.tokenizer)
@@ -281,7 +302,12 @@ def extract_dataset(
         }
         for ex in dataset.examples
     ]
-    rendering = {"frame": spec.frame, "suffix": spec.suffix, "labels": list(dataset.labels)}
+    rendering = {
+        "frame": spec.frame,
+        "suffix": spec.suffix,
+        "labels": list(dataset.labels),
+        "version": RENDER_VERSION,
+    }
     return extract(
         model,
         prompts,

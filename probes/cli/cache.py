@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from probes.cli.args import add_model_args
+from probes.cli.args import add_dispatch_args, add_model_args, batch_size_arg, dispatch_kwargs
 
 
 def _handle(args: argparse.Namespace) -> int:
@@ -14,7 +14,7 @@ def _handle(args: argparse.Namespace) -> int:
     from probes.models.loading import load_model
 
     dataset = load_dataset(args.dataset, size=args.size, seed=args.seed)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, **dispatch_kwargs(args))
     suffix = None
     if args.position == "suffix":
         suffix = args.suffix.replace("{attribute}", dataset.attribute.replace("_", " "))
@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "cache", help="extract activations for a dataset into a resumable store"
     )
     add_model_args(parser)
+    add_dispatch_args(parser)
     parser.add_argument(
         "--dataset", required=True, help="built-in dataset name or a JSONL/CSV file"
     )
@@ -69,12 +70,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frame", default="raw", choices=["raw", "chat", "template"])
     parser.add_argument(
         "--store-dtype",
-        default="float32",
+        default=None,
         choices=["float32", "float16", "bfloat16"],
-        help="dtype the activations are stored in (default: %(default)s)",
+        help="dtype the activations are stored in (default: the model's when it is half "
+        "precision, else float32)",
     )
     parser.add_argument("--model-dtype", dest="dtype", help=argparse.SUPPRESS)  # old name
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--batch-size", type=batch_size_arg, default=16, help="rows per batch, or auto"
+    )
     parser.add_argument("--size", type=int, default=None, help="built-in dataset size")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=_handle)

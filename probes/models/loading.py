@@ -23,6 +23,7 @@ import torch
 
 from probes.errors import ModelNotFoundError, ProbesError, UnsupportedArchitectureError
 from probes.models.compat import check_supported, route_kv_cache
+from probes.models.devices import default_dtype, input_device, state_items
 from probes.models.head import detect_output_head
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -127,7 +128,7 @@ def _log(message: str) -> None:
 def _hash_state_dict(model: torch.nn.Module) -> str:
     """sha256 over parameter names, shapes, dtypes and raw bytes: a content fingerprint."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state_items(model), key=lambda item: item[0]):
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -233,10 +234,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ProbesError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from exc
 
 
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """``None`` means float32; strings like 'bfloat16' are accepted."""
+def resolve_dtype(
+    dtype: str | torch.dtype | None, device: torch.device | None = None
+) -> torch.dtype:
+    """``None`` means bfloat16 on CUDA and float32 elsewhere; strings like 'bfloat16' work."""
     if dtype is None:
-        return torch.float32
+        return default_dtype(device or torch.device("cpu"))
     if isinstance(dtype, torch.dtype):
         return dtype
     value = getattr(torch, str(dtype), None)
@@ -249,12 +252,27 @@ def load_model(
     spec: str = EMBEDDED_SPEC,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    *,
+    device_map: str | dict[str, Any] | None = None,
+    n_devices: int | None = None,
+    max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | Path | None = None,
 ) -> LoadedModel:
-    """Load "gemma-3-270m", "tiny-gemma3", "tiny-gpt2", a local folder or a locally cached HF id."""
+    """Load "gemma-3-270m", "tiny-gemma3", "tiny-gpt2", a local folder or a locally cached HF id.
+
+    ``device_map`` (accelerate's: "auto", "balanced" or a dict that may name "cpu" and "disk"),
+    ``n_devices`` (split over that many GPUs) and ``max_memory`` spread a model that does not fit
+    one device; ``offload_folder`` holds disk-offloaded weights. The bridge wraps the dispatched
+    model as it is, and inputs go to the device of the input embedding.
+    """
     check_supported()
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype)
-    if spec in BUILTIN_SPECS and BUILTIN_SPECS[spec].kind == "tiny":
+    dispatch = _dispatch_kwargs(device, device_map, n_devices, max_memory, offload_folder)
+    torch_device = resolve_device(device) if dispatch is None else torch.device("cpu")
+    torch_dtype = resolve_dtype(dtype, _first_cuda(dispatch) or torch_device)
+    is_tiny = spec in BUILTIN_SPECS and BUILTIN_SPECS[spec].kind == "tiny"
+    if dispatch is not None and is_tiny:
+        raise ProbesError("device_map needs a model folder; the tiny models are built in code")
+    if is_tiny:
         from probes.models.tiny import build_tiny_model
 
         hf_model, tokenizer, arch_name = build_tiny_model(spec)
@@ -262,11 +280,15 @@ def load_model(
         fingerprint = _hash_state_dict(hf_model)
     else:
         folder = _resolve_folder(spec)
-        hf_model, tokenizer = _load_hf_folder(folder, torch_dtype)
+        hf_model, tokenizer = _load_hf_folder(folder, torch_dtype, dispatch)
         arch_name = EMBEDDED_ARCH_NAME if spec == EMBEDDED_SPEC else str(folder)
         location = str(folder)
         fingerprint = _fingerprint_folder(folder, hf_model)
-    hf_model = hf_model.to(device=torch_device, dtype=torch_dtype).eval()
+    if dispatch is None:
+        hf_model = hf_model.to(device=torch_device, dtype=torch_dtype)
+    else:
+        torch_device = input_device(hf_model)
+    hf_model = hf_model.eval()
     bridge = _boot_bridge(arch_name, hf_model, tokenizer)
     cfg = hf_model.config
     loaded = LoadedModel(
@@ -312,12 +334,55 @@ def _resolve_folder(spec: str) -> Path:
     raise ModelNotFoundError(f"unknown model {spec!r}: use one of {known}, or a local folder")
 
 
-def _load_hf_folder(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+def _dispatch_kwargs(
+    device: str | torch.device | None,
+    device_map: str | dict[str, Any] | None,
+    n_devices: int | None,
+    max_memory: dict[Any, Any] | None,
+    offload_folder: str | Path | None,
+) -> dict[str, Any] | None:
+    """``from_pretrained`` keywords for a dispatched load, or None for a one-device load."""
+    if device_map is None and (n_devices is None or n_devices <= 1) and max_memory is None:
+        return None
+    if device is not None:
+        raise ProbesError("pass either device or device_map/n_devices/max_memory, not both")
+    if device_map is None and n_devices is not None and n_devices > 1:
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if available < n_devices:
+            raise ProbesError(f"n_devices={n_devices} needs that many GPUs; {available} visible")
+        from transformer_lens.utilities.multi_gpu import resolve_device_map
+
+        device_map, max_memory = resolve_device_map(n_devices, None, None, max_memory)
+    out: dict[str, Any] = {"device_map": device_map or "auto"}
+    if max_memory is not None:
+        out["max_memory"] = max_memory
+    if offload_folder is not None:
+        out["offload_folder"] = str(offload_folder)
+    return out
+
+
+def _first_cuda(dispatch: dict[str, Any] | None) -> torch.device | None:
+    """The first GPU a dispatched load uses (its default dtype is then bfloat16), if any."""
+    if dispatch is None or not torch.cuda.is_available():
+        return None
+    device_map = dispatch["device_map"]
+    if isinstance(device_map, dict) and not any(
+        isinstance(v, int) or str(v).startswith("cuda") for v in device_map.values()
+    ):
+        return None
+    return torch.device("cuda", 0)
+
+
+def _load_hf_folder(
+    folder: Path, dtype: torch.dtype, dispatch: dict[str, Any] | None = None
+) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, local_files_only=True, **(dispatch or {})
+        )
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFoundError(f"could not load a causal LM from {folder}: {first_line}") from exc
