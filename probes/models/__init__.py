@@ -48,6 +48,7 @@ from probes.models.loading import (
     probes_home,
     resolve_device,
     resolve_dtype,
+    wrap_hf_model,
 )
 from probes.models.tiny import (
     TINY_SEED,
@@ -97,4 +98,5 @@ __all__ = [
     "resolve_dtype",
     "route_kv_cache",
     "shrinking_batches",
+    "wrap_hf_model",
 ]

@@ -288,21 +288,48 @@ def load_model(
         hf_model = hf_model.to(device=torch_device, dtype=torch_dtype)
     else:
         torch_device = input_device(hf_model)
+    name = spec if spec in BUILTIN_SPECS else Path(spec).name or spec
+    return wrap_hf_model(
+        hf_model,
+        tokenizer,
+        name,
+        fingerprint,
+        spec=spec,
+        location=location,
+        arch_name=arch_name,
+        device=torch_device,
+    )
+
+
+def wrap_hf_model(
+    hf_model: Any,
+    tokenizer: Any,
+    name: str,
+    fingerprint: str | None = None,
+    *,
+    spec: str | None = None,
+    location: str = "built in memory",
+    arch_name: str | None = None,
+    device: torch.device | None = None,
+) -> LoadedModel:
+    """A model already in memory (placed and cast by the caller) as a :class:`LoadedModel`.
+
+    ``fingerprint`` defaults to the weights' hash; pass one for a model too large to hash."""
     hf_model = hf_model.eval()
-    bridge = _boot_bridge(arch_name, hf_model, tokenizer)
+    bridge = _boot_bridge(arch_name or name, hf_model, tokenizer)
     cfg = hf_model.config
     loaded = LoadedModel(
         bridge=bridge,
         tokenizer=bridge.tokenizer,
-        name=spec if spec in BUILTIN_SPECS else Path(spec).name or spec,
-        spec=spec,
+        name=name,
+        spec=spec or name,
         n_layers=int(bridge.cfg.n_layers),
         d_model=int(bridge.cfg.d_model),
         vocab_size=int(getattr(cfg, "vocab_size", len(bridge.tokenizer))),
-        fingerprint=fingerprint,
+        fingerprint=fingerprint or _hash_state_dict(hf_model),
         location=location,
-        device=torch_device,
-        dtype=torch_dtype,
+        device=device or input_device(hf_model),
+        dtype=next(hf_model.parameters()).dtype,
     )
     # checked now, before any hook is attached: may answer tokens skip the full head?
     loaded.extra["output_head"] = detect_output_head(hf_model, loaded.d_model)

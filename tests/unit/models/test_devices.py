@@ -152,3 +152,15 @@ def test_cli_cache_takes_a_device_map_and_auto_batches(tmp_path, capsys, monkeyp
     assert main([*args, "--device-map", "{not json"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--device-map is not valid JSON" in err and "\n" not in err
+
+
+def test_a_model_built_in_memory_is_wrapped_as_loaded(tmp_path):
+    from probes.models.architectures import build_tiny_architecture
+    from probes.models.loading import wrap_hf_model
+
+    hf, tok = build_tiny_architecture("llama")
+    model = wrap_hf_model(hf.to(torch.bfloat16), tok, "in-memory-llama", "given-fingerprint")
+    assert model.fingerprint == "given-fingerprint" and model.dtype == torch.bfloat16
+    store = extract(model, PROMPTS[:4], cache_root=tmp_path, progress=False)
+    assert store.request["dtype"] == "bfloat16"  # a half-precision model stores its own dtype
+    assert store.get(1).dtype == torch.bfloat16
