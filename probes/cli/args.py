@@ -46,7 +46,7 @@ def add_dispatch_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offload-folder", default=None, help="folder for disk-offloaded weights")
 
 
-def dispatch_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+def dispatch_options(args: argparse.Namespace) -> dict[str, Any]:
     """``load_model`` keywords from :func:`add_dispatch_args`' options (JSON read here)."""
     out: dict[str, Any] = {}
     for name in ("device_map", "max_memory"):

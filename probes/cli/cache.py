@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from probes.cli.args import add_dispatch_args, add_model_args, batch_size_arg, dispatch_kwargs
+from probes.cli.args import add_dispatch_args, add_model_args, batch_size_arg, dispatch_options
 
 
 def _handle(args: argparse.Namespace) -> int:
@@ -14,7 +14,7 @@ def _handle(args: argparse.Namespace) -> int:
     from probes.models.loading import load_model
 
     dataset = load_dataset(args.dataset, size=args.size, seed=args.seed)
-    model = load_model(args.model, device=args.device, dtype=args.dtype, **dispatch_kwargs(args))
+    model = load_model(args.model, device=args.device, dtype=args.dtype, **dispatch_options(args))
     suffix = None
     if args.position == "suffix":
         suffix = args.suffix.replace("{attribute}", dataset.attribute.replace("_", " "))

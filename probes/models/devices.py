@@ -5,6 +5,7 @@ facts of a model dispatched over several devices (or partly offloaded to disk) b
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -117,3 +118,42 @@ def state_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
                 raise ProbesError(f"weight {name} is on the meta device and has no offload copy")
             tensor = weights[leaf]
         yield name, tensor
+
+
+def dispatch_kwargs(
+    device: str | torch.device | None,
+    device_map: str | dict[str, Any] | None,
+    n_devices: int | None,
+    max_memory: dict[Any, Any] | None,
+    offload_folder: str | Path | None,
+) -> dict[str, Any] | None:
+    """``from_pretrained`` keywords for a dispatched load, or None for a one-device load."""
+    if device_map is None and (n_devices is None or n_devices <= 1) and max_memory is None:
+        return None
+    if device is not None:
+        raise ProbesError("pass either device or device_map/n_devices/max_memory, not both")
+    if device_map is None and n_devices is not None and n_devices > 1:
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if available < n_devices:
+            raise ProbesError(f"n_devices={n_devices} needs that many GPUs; {available} visible")
+        from transformer_lens.utilities.multi_gpu import resolve_device_map
+
+        device_map, max_memory = resolve_device_map(n_devices, None, None, max_memory)
+    out: dict[str, Any] = {"device_map": device_map or "auto"}
+    if max_memory is not None:
+        out["max_memory"] = max_memory
+    if offload_folder is not None:
+        out["offload_folder"] = str(offload_folder)
+    return out
+
+
+def first_cuda(dispatch: dict[str, Any] | None) -> torch.device | None:
+    """The first GPU a dispatched load uses (its default dtype is then bfloat16), if any."""
+    if dispatch is None or not torch.cuda.is_available():
+        return None
+    device_map = dispatch["device_map"]
+    if isinstance(device_map, dict) and not any(
+        isinstance(v, int) or str(v).startswith("cuda") for v in device_map.values()
+    ):
+        return None
+    return torch.device("cuda", 0)

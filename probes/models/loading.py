@@ -23,7 +23,13 @@ import torch
 
 from probes.errors import ModelNotFoundError, ProbesError, UnsupportedArchitectureError
 from probes.models.compat import check_supported, route_kv_cache
-from probes.models.devices import default_dtype, input_device, state_items
+from probes.models.devices import (
+    default_dtype,
+    dispatch_kwargs,
+    first_cuda,
+    input_device,
+    state_items,
+)
 from probes.models.head import detect_output_head
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -266,9 +272,9 @@ def load_model(
     model as it is, and inputs go to the device of the input embedding.
     """
     check_supported()
-    dispatch = _dispatch_kwargs(device, device_map, n_devices, max_memory, offload_folder)
+    dispatch = dispatch_kwargs(device, device_map, n_devices, max_memory, offload_folder)
     torch_device = resolve_device(device) if dispatch is None else torch.device("cpu")
-    torch_dtype = resolve_dtype(dtype, _first_cuda(dispatch) or torch_device)
+    torch_dtype = resolve_dtype(dtype, first_cuda(dispatch) or torch_device)
     is_tiny = spec in BUILTIN_SPECS and BUILTIN_SPECS[spec].kind == "tiny"
     if dispatch is not None and is_tiny:
         raise ProbesError("device_map needs a model folder; the tiny models are built in code")
@@ -359,45 +365,6 @@ def _resolve_folder(spec: str) -> Path:
             ) from exc
     known = ", ".join(BUILTIN_SPECS)
     raise ModelNotFoundError(f"unknown model {spec!r}: use one of {known}, or a local folder")
-
-
-def _dispatch_kwargs(
-    device: str | torch.device | None,
-    device_map: str | dict[str, Any] | None,
-    n_devices: int | None,
-    max_memory: dict[Any, Any] | None,
-    offload_folder: str | Path | None,
-) -> dict[str, Any] | None:
-    """``from_pretrained`` keywords for a dispatched load, or None for a one-device load."""
-    if device_map is None and (n_devices is None or n_devices <= 1) and max_memory is None:
-        return None
-    if device is not None:
-        raise ProbesError("pass either device or device_map/n_devices/max_memory, not both")
-    if device_map is None and n_devices is not None and n_devices > 1:
-        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if available < n_devices:
-            raise ProbesError(f"n_devices={n_devices} needs that many GPUs; {available} visible")
-        from transformer_lens.utilities.multi_gpu import resolve_device_map
-
-        device_map, max_memory = resolve_device_map(n_devices, None, None, max_memory)
-    out: dict[str, Any] = {"device_map": device_map or "auto"}
-    if max_memory is not None:
-        out["max_memory"] = max_memory
-    if offload_folder is not None:
-        out["offload_folder"] = str(offload_folder)
-    return out
-
-
-def _first_cuda(dispatch: dict[str, Any] | None) -> torch.device | None:
-    """The first GPU a dispatched load uses (its default dtype is then bfloat16), if any."""
-    if dispatch is None or not torch.cuda.is_available():
-        return None
-    device_map = dispatch["device_map"]
-    if isinstance(device_map, dict) and not any(
-        isinstance(v, int) or str(v).startswith("cuda") for v in device_map.values()
-    ):
-        return None
-    return torch.device("cuda", 0)
 
 
 def _load_hf_folder(
