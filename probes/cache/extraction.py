@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,8 @@ def extract(
     shard_size: int = 256,
     padding_side: str = "right",
     progress: bool = True,
+    workers: int = 1,
+    ray_address: str | None = None,
 ) -> ActivationStore:
     """Run ``model`` on rendered ``prompts`` and store activations at the chosen positions.
 
@@ -97,7 +99,9 @@ def extract(
 
     ``dtype=None`` stores in the model's dtype when it is half precision (bfloat16 on CUDA by
     default), else float32. ``batch_size="auto"`` sizes batches from the device's free memory;
-    any batch that runs out of memory is halved and retried, never a crash.
+    any batch that runs out of memory is halved and retried, never a crash. ``workers > 1`` (or
+    a ``ray_address``) extracts the missing shards on a Ray actor pool, one model replica per
+    worker, into the same store with the same bytes (``probes.cache.parallel``).
     """
     prompts = list(prompts)
     if not prompts:
@@ -109,6 +113,8 @@ def extract(
     dtype = dtype if dtype is not None else default_store_dtype(model.dtype)
     if dtype not in STORE_DTYPES:
         raise ProbesError(f"store dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
+    if not isinstance(workers, int) or workers < 1:
+        raise ProbesError(f"workers must be a positive integer, got {workers!r}")
     if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
         raise ProbesError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
     if shard_size < 1:
@@ -166,9 +172,18 @@ def extract(
         desc=f"extract {model.name}",
         disable=not progress,
     ) as bar:
-        for index, start, end in iter_shards(len(prompts), shard_size):
-            if writer.done(index):
-                continue
+        pending = [s for s in iter_shards(len(prompts), shard_size) if not writer.done(s[0])]
+        if workers > 1 or ray_address:
+            from probes.cache.parallel import run_shards_on_ray
+
+            setup = (site_list, layer_list, dtype, spec, padding_side)
+            for index, (start, end), tensors in run_shards_on_ray(
+                model, pending, token_ids, setup, int(batch_size), workers, ray_address
+            ):
+                writer.write_shard(index, (start, end), tensors)
+                bar.update(sum(len(token_ids[r]) for r in range(start, end)))
+            pending = []
+        for index, start, end in pending:
             rows = list(range(start, end))
             tensors = capture.run(rows, token_ids, int(batch_size), on_batch=bar.update)
             batch_size = capture.batch_size  # smaller from now on if a batch ran out of memory
@@ -235,7 +250,7 @@ class _Capture:
     def run(
         self,
         rows: list[int],
-        token_ids: list[list[int]],
+        token_ids: Sequence[list[int]] | Mapping[int, list[int]],
         batch_size: int,
         on_batch: Callable[[int], Any],
     ) -> dict[str, torch.Tensor]:

@@ -29,6 +29,8 @@ def _handle(args: argparse.Namespace) -> int:
         dtype=args.store_dtype,
         batch_size=args.batch_size,
         cache_root=args.out,
+        workers=args.workers,
+        ray_address=args.ray_address,
     )
     size_mb = store.nbytes_on_disk() / 2**20
     print(
@@ -78,6 +80,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model-dtype", dest="dtype", help=argparse.SUPPRESS)  # old name
     parser.add_argument(
         "--batch-size", type=batch_size_arg, default=16, help="rows per batch, or auto"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="Ray workers, one model replica each (default 1)"
+    )
+    parser.add_argument(
+        "--ray-address", default=None, help="an existing Ray cluster (default: start one here)"
     )
     parser.add_argument("--size", type=int, default=None, help="built-in dataset size")
     parser.add_argument("--seed", type=int, default=0)
