@@ -48,8 +48,7 @@ class ShardWorker:
         self, index: int, rows: list[int], ids: list[list[int]], batch_size: int
     ) -> tuple[int, dict[str, torch.Tensor]]:
         marker = os.environ.get(KILL_ONCE_ENV)
-        armed = marker and Path(f"{marker}.armed").exists() and not Path(marker).exists()
-        if armed and index == 1:
+        if marker and index == 1 and Path(f"{marker}.armed").exists() and not Path(marker).exists():
             Path(marker).write_text(str(os.getpid()))
             os._exit(1)  # a worker killed mid-shard
         by_row = dict(zip(rows, ids, strict=True))

@@ -61,12 +61,14 @@ class BatchedFit:
     converged: Bool[Tensor, "layers folds"]  # gradient <= tol, or no progress left in float64
 
 
-ROW_BLOCK = 65_536  # rows per block of the statistics passes (bounds their temporaries)
+ROW_BLOCK_BYTES = 64 * 2**20  # float64 bytes per block of the statistics passes
 
 
-def _row_blocks(n: int) -> list[slice]:
-    """Row slices of at most ``ROW_BLOCK`` rows: a single slice for every store up to that."""
-    return [slice(start, min(n, start + ROW_BLOCK)) for start in range(0, n, ROW_BLOCK)]
+def _row_blocks(n: int, d: int) -> list[slice]:
+    """Row slices whose float64 ``[rows, d]`` temporaries fit ``ROW_BLOCK_BYTES``: a single
+    slice for every store up to that size, so small stores' numbers do not change."""
+    step = max(1, ROW_BLOCK_BYTES // (8 * max(1, d)))
+    return [slice(start, min(n, start + step)) for start in range(0, n, step)]
 
 
 def _standardise_stats(
@@ -79,7 +81,7 @@ def _standardise_stats(
         shift = x.mean(0)
         m1 = torch.zeros(weights.shape[0], x.shape[1], dtype=torch.float64)
         m2 = torch.zeros_like(m1)
-        for rows in _row_blocks(x.shape[0]):  # one block unless the store is very tall
+        for rows in _row_blocks(*x.shape):  # one block unless the store is large
             xc = x[rows] - shift
             m1 += weights[:, rows] @ xc  # [F, d]
             m2 += weights[:, rows] @ xc.square()
@@ -130,9 +132,18 @@ class _Problems:
         eye = torch.eye(d, dtype=torch.float64)
         for layer in range(L):
             x = self.X[layer]
-            centre, spread = x.mean(0), x.std(0, correction=0).clamp_min(1e-12)
+            blocks = _row_blocks(n, d)  # one block unless the store is large
+            centre = x.mean(0)
+            if len(blocks) == 1:
+                spread = x.std(0, correction=0)
+            else:  # no full-size temporary: the variance block by block
+                sq = torch.zeros(d, dtype=torch.float64)
+                for rows in blocks:
+                    sq += (x[rows] - centre).square().sum(0)
+                spread = (sq / n).sqrt()
+            spread = spread.clamp_min(1e-12)
             corr = torch.zeros(d, d, dtype=torch.float64)
-            for rows in _row_blocks(n):  # one block unless the store is very tall
+            for rows in blocks:
                 z = ((x[rows] - centre) / spread).to(torch.float32)
                 corr += (z.T @ z).to(torch.float64)
             corr /= n
