@@ -142,11 +142,20 @@ def out_of_fold(proba: np.ndarray, train_masks: np.ndarray) -> np.ndarray:
     return np.einsum("...fnk,fn->...nk", proba, test)
 
 
+BOOTSTRAP_CELLS = 2**26  # above this many resampled cells the bootstrap runs in chunks
+
+
 def bootstrap_interval(
     correct: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap interval of mean accuracy over examples; ``correct`` is [..., n]."""
-    means = stats.bootstrap_means(correct, n_boot, seed)  # [..., n_boot]
+    """Percentile bootstrap interval of mean accuracy over examples; ``correct`` is [..., n].
+
+    Large stores resample in chunks of bounded size (the full ``[..., n_boot, n]`` gather would
+    be 1.3 GB at 8 layers x 200,000 rows x 100 resamples); small ones keep their exact draws."""
+    big = correct.size * n_boot > BOOTSTRAP_CELLS
+    means = stats.bootstrap_means(  # [..., n_boot]
+        correct, n_boot, seed, max_cells=stats.MAX_CELLS if big else None
+    )
     return stats.percentile_bounds(means, level)
 
 
