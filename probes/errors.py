@@ -40,3 +40,7 @@ def os_error_message(exc: OSError, path: object = None, action: str = "write") -
     if exc.filename is not None and path is not None and str(exc.filename) != str(path):
         cause = f"{cause} ({exc.filename})"
     return f"cannot {action} {where}: {cause}" if where is not None else f"{action} failed: {cause}"
+
+
+class UnsupportedArchitectureError(ProbesError):
+    """A model whose architecture TransformerBridge cannot wrap."""

@@ -18,7 +18,8 @@ from probes.cache.extraction import extract_dataset
 from probes.datasets import load_dataset, transfer_corpus
 from probes.models.loading import load_model
 from probes.pipeline.config import PROBE_ATTRIBUTES
-from probes.probing.layerwise import fit_layerwise, transfer, transfer_matrix
+from probes.probing.layerwise import fit_layerwise
+from probes.probing.transfer import transfer, transfer_matrix
 from probes.viz.export import save_figure
 from probes.viz.probing import plot_transfer, plot_transfer_bars
 

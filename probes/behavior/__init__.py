@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from probes.behavior.scoring import (
-    PLAIN_HEAD_MODEL_TYPES,
     answer_set_logprobs,
     behavior_log_odds,
     continuation_logprobs,
@@ -19,7 +18,6 @@ from probes.behavior.scoring import (
 )
 
 __all__ = [
-    "PLAIN_HEAD_MODEL_TYPES",
     "answer_set_logprobs",
     "behavior_log_odds",
     "continuation_logprobs",

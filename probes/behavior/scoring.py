@@ -20,6 +20,7 @@ from probes.models.batching import (
     pad_token_id,
     prompt_lengths,
 )
+from probes.models.head import OutputHead, detect_output_head
 from probes.models.loading import LoadedModel
 
 
@@ -125,37 +126,12 @@ def next_token_logprobs_at(
     return out
 
 
-# Architectures whose logits are exactly soft-cap(head(final hidden state)), the soft-cap only
-# where the config sets one; others always take the full-vocabulary path.
-PLAIN_HEAD_MODEL_TYPES = frozenset(
-    {"gemma", "gemma2", "gemma3", "gemma3_text", "gpt2", "llama", "mistral", "qwen2", "qwen3"}
-)
-
-
-def _output_head(model: LoadedModel) -> tuple[Tensor, Tensor | None, float | None] | None:
-    """The LM head as (weight [vocab, d], bias, logit soft-cap), or None when scoring a few
-    vocabulary rows by hand might not reproduce the model's logits (checked once per model)."""
-    if "output_head" in model.extra:
-        return model.extra["output_head"]
-    found: tuple[Tensor, Tensor | None, float | None] | None = None
-    config = model.hf_model.config
-    head = model.hf_model.get_output_embeddings()
-    inner = getattr(head, "_original_component", head)
-    weight, bias = getattr(inner, "weight", None), getattr(inner, "bias", None)
-    plain = getattr(config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
-    if plain and isinstance(weight, Tensor) and weight.shape[-1] == model.d_model:
-        bias = bias if isinstance(bias, Tensor) else None
-        hidden = torch.randn(2, model.d_model, generator=torch.Generator().manual_seed(0))
-        hidden = hidden.to(weight.device, weight.dtype)
-        with torch.inference_mode():
-            expected = inner(hidden)
-            mine = hidden @ weight.T + (bias if bias is not None else 0)
-        scale = float(expected.abs().max()) + 1e-6
-        if float((expected - mine).abs().max()) <= 1e-4 * scale:
-            text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-            found = (weight, bias, getattr(text_config, "final_logit_softcapping", None))
-    model.extra["output_head"] = found
-    return found
+def _output_head(model: LoadedModel) -> OutputHead | None:
+    """The LM head as a plain map, or None when scoring a few vocabulary rows by hand would not
+    reproduce the model's logits (``load_model`` checks once by running the model)."""
+    if "output_head" not in model.extra:
+        model.extra["output_head"] = detect_output_head(model.hf_model, model.d_model)
+    return model.extra["output_head"]
 
 
 @torch.inference_mode()
@@ -170,7 +146,8 @@ def next_token_logits_at(
 
     Only the chosen rows of the output embedding are multiplied, not the full-vocabulary head
     (262k rows for Gemma, a quarter of a short forward pass). Hooks on the unembedding do not
-    fire. Models whose head is not a plain linear map (checked once) take the full path.
+    fire. Models whose logits are not a plain linear map of the final hidden state, with at
+    most a soft-cap (checked once by running the model), take the full path.
     """
     head = _output_head(model)
     if head is None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,16 @@ from probes.cache.store import (
 )
 from probes.errors import CacheError, ProbesError
 from probes.models.batching import collate, encode, pad_token_id
+from probes.models.devices import default_store_dtype, free_memory_batch_size, shrinking_batches
 from probes.models.layers import parse_layers
 from probes.models.loading import LoadedModel, probes_home, resolve_dtype
 from probes.validate import check_int, check_text
 
 STORE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _warn_shrink(size: int) -> None:
+    print(f"[probes] out of memory: batch size now {size}", file=sys.stderr, flush=True)
 
 
 class _StopForward(Exception):
@@ -78,8 +84,8 @@ def extract(
     sites: Sequence[str] | str = ("resid_post",),
     position: str | PositionSpec = "last",
     suffix: str | None = None,
-    dtype: str = "float32",
-    batch_size: int = 16,
+    dtype: str | None = None,
+    batch_size: int | str = 16,
     metadata: Sequence[dict[str, Any]] | None = None,
     rendering: str | dict[str, Any] = "raw",
     dataset_hash: str | None = None,
@@ -89,6 +95,8 @@ def extract(
     progress: bool = True,
     max_tokens: int | None = None,
     truncate: str = "right",
+    workers: int = 1,
+    ray_address: str | None = None,
 ) -> ActivationStore:
     """Run ``model`` on rendered ``prompts`` and store activations at the chosen positions.
 
@@ -97,6 +105,12 @@ def extract(
     work; a partially written store from a killed run is resumed from its last whole shard.
     Rows longer than the model's context are refused unless ``max_tokens`` cuts them (from the
     ``truncate`` side, keeping BOS); a batch too big for the memory available is refused.
+
+    ``dtype=None`` stores in the model's dtype when it is half precision (bfloat16 on CUDA by
+    default), else float32. ``batch_size="auto"`` sizes batches from the device's free memory;
+    any batch that runs out of memory is halved and retried, never a crash. ``workers > 1`` (or
+    a ``ray_address``) extracts the missing shards on a Ray actor pool, one model replica per
+    worker, into the same store with the same bytes (``probes.cache.parallel``).
     """
     prompts = list(prompts)
     if not prompts:
@@ -107,9 +121,13 @@ def extract(
         check_text(prompt, f"prompt {i}")
     if metadata is not None and len(metadata) != len(prompts):
         raise ProbesError(f"{len(metadata)} metadata rows for {len(prompts)} prompts")
+    dtype = dtype if dtype is not None else default_store_dtype(model.dtype)
     if dtype not in STORE_DTYPES:
         raise ProbesError(f"store dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
-    check_int("batch_size", batch_size)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ProbesError(f"workers must be a positive integer, got {workers!r}")
+    if batch_size != "auto":
+        check_int("batch_size", batch_size)
     check_int("shard_size", shard_size)
     if padding_side not in ("left", "right"):
         raise ProbesError("padding_side must be 'left' or 'right'")
@@ -160,10 +178,13 @@ def extract(
             token_ids, truncation["max_tokens"], truncate, model.tokenizer.bos_token_id
         )
     budget.check_lengths(token_ids, context, model.name)
+    if batch_size == "auto":
+        longest = max(len(ids) for ids in token_ids)
+        batch_size = free_memory_batch_size(model.device, model.d_model, longest)
     budget.check_memory(
         model.hf_model.config,
         model.d_model,
-        min(batch_size, shard_size, len(prompts)),
+        min(int(batch_size), shard_size, len(prompts)),
         max(len(ids) for ids in token_ids),
         torch.empty((), dtype=model.dtype).element_size(),
         budget.available_memory(),
@@ -185,11 +206,21 @@ def extract(
         desc=f"extract {model.name}",
         disable=not progress,
     ) as bar:
-        for index, start, end in iter_shards(len(prompts), shard_size):
-            if writer.done(index):
-                continue
+        pending = [s for s in iter_shards(len(prompts), shard_size) if not writer.done(s[0])]
+        if workers > 1 or ray_address:
+            from probes.cache.parallel import run_shards_on_ray
+
+            setup = (site_list, layer_list, dtype, spec, padding_side)
+            for index, (start, end), tensors in run_shards_on_ray(
+                model, pending, token_ids, setup, int(batch_size), workers, ray_address
+            ):
+                writer.write_shard(index, (start, end), tensors)
+                bar.update(sum(len(token_ids[r]) for r in range(start, end)))
+            pending = []
+        for index, start, end in pending:
             rows = list(range(start, end))
-            tensors = capture.run(rows, token_ids, batch_size, on_batch=bar.update)
+            tensors = capture.run(rows, token_ids, int(batch_size), on_batch=bar.update)
+            batch_size = capture.batch_size  # smaller from now on if a batch ran out of memory
             writer.write_shard(index, (start, end), tensors)
     return writer.finish()
 
@@ -254,6 +285,7 @@ class _Capture:
         self.buffers: dict[str, torch.Tensor] = {}
         self.selection: torch.Tensor | None = None
         self.slots: torch.Tensor | None = None
+        self.batch_size = 0
 
     def _hook(self, site: str, layer: int) -> Callable[..., None]:
         name = tensor_name(site, layer)
@@ -272,7 +304,7 @@ class _Capture:
     def run(
         self,
         rows: list[int],
-        token_ids: list[list[int]],
+        token_ids: Sequence[list[int]] | Mapping[int, list[int]],
         batch_size: int,
         on_batch: Callable[[int], Any],
     ) -> dict[str, torch.Tensor]:
@@ -290,22 +322,24 @@ class _Capture:
         # longest first within the shard, so batches hold prompts of similar length
         order = sorted(range(len(rows)), key=lambda k: (-len(token_ids[rows[k]]), k))
         body = model.hf_model.base_model
+
+        def run_batch(slots: list[int]) -> None:
+            seqs = [token_ids[rows[k]] for k in slots]
+            batch = collate(seqs, pad, self.padding_side, model.device)  # type: ignore[arg-type]
+            skip_first = torch.as_tensor(
+                [int(bos is not None and len(s) > 0 and s[0] == bos) for s in seqs],
+                device=model.device,
+            )
+            self.selection = selection_weights(
+                self.spec, batch.attention_mask, skip_first, rows=[rows[k] for k in slots]
+            )
+            self.slots = torch.as_tensor(slots)
+            with suppress(_StopForward):
+                body(**batch.model_kwargs(), use_cache=False)
+            on_batch(sum(len(s) for s in seqs))
+
         with model.bridge.hooks(fwd_hooks=hooks), fast_attention(model.hf_model):
-            for start in range(0, len(order), batch_size):
-                slots = order[start : start + batch_size]
-                seqs = [token_ids[rows[k]] for k in slots]
-                batch = collate(seqs, pad, self.padding_side, model.device)  # type: ignore[arg-type]
-                skip_first = torch.as_tensor(
-                    [int(bos is not None and len(s) > 0 and s[0] == bos) for s in seqs],
-                    device=model.device,
-                )
-                self.selection = selection_weights(
-                    self.spec, batch.attention_mask, skip_first, rows=[rows[k] for k in slots]
-                )
-                self.slots = torch.as_tensor(slots)
-                with suppress(_StopForward):
-                    body(**batch.model_kwargs(), use_cache=False)
-                on_batch(sum(len(s) for s in seqs))
+            self.batch_size = shrinking_batches(order, batch_size, run_batch, _warn_shrink)
         out, self.buffers = self.buffers, {}
         return out
 
@@ -322,6 +356,7 @@ def extract_dataset(
     The rendering (frame, suffix) and the dataset's content hash are part of the cache key.
     """
     from probes.datasets import RenderSpec, render
+    from probes.datasets.render import RENDER_VERSION
 
     spec = render_spec or RenderSpec()
     prompts = render(dataset, spec, tokenizer=model.tokenizer)
@@ -336,7 +371,12 @@ def extract_dataset(
         }
         for ex in dataset.examples
     ]
-    rendering = {"frame": spec.frame, "suffix": spec.suffix, "labels": list(dataset.labels)}
+    rendering = {
+        "frame": spec.frame,
+        "suffix": spec.suffix,
+        "labels": list(dataset.labels),
+        "version": RENDER_VERSION,
+    }
     return extract(
         model,
         prompts,

@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from probes.datasets.render import attach
 from probes.errors import ProbesError
 
 PositionKind = Literal["last", "mean", "suffix", "index"]
@@ -49,7 +50,7 @@ class PositionSpec:
     def apply_to_texts(self, texts: Sequence[str]) -> list[str]:
         """The strings actually tokenized: the suffix kind appends its suffix."""
         if self.kind == "suffix":
-            return [t + str(self.suffix) for t in texts]
+            return [attach(t, str(self.suffix)) for t in texts]
         return list(texts)
 
 

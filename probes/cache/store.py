@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from probes import __version__
@@ -91,6 +92,7 @@ class ActivationStore:
     manifest: dict[str, Any]
     table: list[dict[str, Any]]
     _tensors: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    _verified: set[str] = field(default_factory=set, repr=False)
 
     @classmethod
     def open(
@@ -176,8 +178,46 @@ class ActivationStore:
             raise CacheError(f"site {site!r} is not in store {self.path} (has {self.sites})")
         if layer not in self.layers:
             raise CacheError(f"layer {layer} is not in store {self.path} (has {self.layers})")
-        self._load_all()
-        return self._tensors[tensor_name(site, layer)]
+        name = tensor_name(site, layer)
+        if name not in self._tensors:
+            self._tensors[name] = self.read([layer], site)[0]
+        return self._tensors[name]
+
+    def read(
+        self, layers: Sequence[int], site: str = "resid_post", dtype: torch.dtype | None = None
+    ) -> Float[Tensor, "layers n d_model"]:
+        """The listed layers of one site, read shard by shard from the memory-mapped files into
+        one new tensor (cast to ``dtype`` on the way); nothing is kept, so a store larger than
+        memory can be worked through a few layers at a time."""
+        if site not in self.sites:
+            raise CacheError(f"site {site!r} is not in store {self.path} (has {self.sites})")
+        missing = [layer for layer in layers if layer not in self.layers]
+        if missing:
+            raise CacheError(f"layers {missing} are not in store {self.path} (has {self.layers})")
+        out: Tensor | None = None
+        for shard in self.manifest["shards"]:
+            if shard["file"] not in self._verified:
+                check_shard(self.path, shard)
+                self._verified.add(shard["file"])
+            start, end = shard["rows"]
+            with safe_open(str(self.path / shard["file"]), framework="pt") as handle:
+                held = set(handle.keys())
+                for i, layer in enumerate(layers):
+                    name = tensor_name(site, layer)
+                    part = handle.get_tensor(name) if name in held else None
+                    if part is None or tuple(part.shape) != (end - start, self.d_model):
+                        found = None if part is None else tuple(part.shape)
+                        raise CacheError(
+                            f"shard {shard['file']} of store {self.path} does not hold {name} "
+                            f"as [{end - start}, {self.d_model}] (found {found})"
+                        )
+                    if out is None:
+                        shape = (len(layers), len(self), part.shape[-1])
+                        out = torch.empty(shape, dtype=dtype or part.dtype)
+                    out[i, start:end] = part
+        if out is None:
+            raise CacheError(f"store {self.path} has no shards")
+        return out
 
     def stack(self, site: str = "resid_post") -> Float[Tensor, "n layer d_model"]:
         """Activations of every row at every stored layer, stacked on dimension 1."""
@@ -188,27 +228,6 @@ class ActivationStore:
         open_table(self.path, self.manifest)
         for shard in self.manifest["shards"]:
             check_shard(self.path, shard)
-
-    def _load_all(self) -> None:
-        if self._tensors:
-            return
-        parts: dict[str, list[Tensor]] = {}
-        for shard in self.manifest["shards"]:
-            check_shard(self.path, shard)
-            tensors = load_file(self.path / shard["file"])
-            start, end = shard["rows"]
-            for site in self.sites:
-                for layer in self.layers:
-                    name = tensor_name(site, layer)
-                    got = tensors.get(name)
-                    if got is None or tuple(got.shape) != (end - start, self.d_model):
-                        shape = None if got is None else tuple(got.shape)
-                        raise CacheError(
-                            f"shard {shard['file']} of store {self.path} does not hold {name} "
-                            f"as [{end - start}, {self.d_model}] (found {shape})"
-                        )
-                    parts.setdefault(name, []).append(got)
-        self._tensors = {name: torch.cat(chunks) for name, chunks in parts.items()}
 
     def nbytes_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())

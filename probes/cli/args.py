@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from probes.errors import ProbesError
 from probes.validate import check_dtype, device_arg
@@ -33,7 +34,8 @@ def add_model_args(
         "--dtype",
         default=None,
         type=_dtype_arg,
-        help="dtype to run the model in: float32 (default), float16, bfloat16",
+        help="dtype to run the model in: float32, float16, bfloat16 (default: bfloat16 on "
+        "CUDA, float32 on CPU)",
     )
     parser.add_argument(
         "--trust-remote-code",
@@ -56,8 +58,11 @@ def _dtype_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def load_model_from_args(args: argparse.Namespace, spec: str | None = None) -> LoadedModel:
-    """``load_model`` with the options of :func:`add_model_args`."""
+def load_model_from_args(
+    args: argparse.Namespace, spec: str | None = None, **options: Any
+) -> LoadedModel:
+    """``load_model`` with the options of :func:`add_model_args` (and any ``options``, e.g.
+    :func:`dispatch_options`)."""
     from probes.models.loading import load_model
 
     return load_model(
@@ -66,7 +71,55 @@ def load_model_from_args(args: argparse.Namespace, spec: str | None = None) -> L
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
+        **options,
     )
+
+
+def add_dispatch_args(parser: argparse.ArgumentParser) -> None:
+    """``--device-map``, ``--n-devices``, ``--max-memory`` and ``--offload-folder``: spread a
+    model over several devices (accelerate's dispatch, through TransformerBridge)."""
+    parser.add_argument(
+        "--device-map", default=None, help="auto, balanced, or a JSON object module -> device"
+    )
+    parser.add_argument("--n-devices", type=int, default=None, help="split over N GPUs")
+    parser.add_argument(
+        "--max-memory", default=None, help='JSON per-device budget, e.g. {"0": "70GiB"}'
+    )
+    parser.add_argument("--offload-folder", default=None, help="folder for disk-offloaded weights")
+
+
+def dispatch_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``load_model`` keywords from :func:`add_dispatch_args`' options (JSON read here)."""
+    out: dict[str, Any] = {}
+    for name in ("device_map", "max_memory"):
+        value = getattr(args, name, None)
+        if value is not None and value.lstrip().startswith("{"):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ProbesError(f"--{name.replace('_', '-')} is not valid JSON: {exc}") from exc
+            if name == "max_memory":
+                value = {int(k) if str(k).isdigit() else k: v for k, v in value.items()}
+        if value is not None:
+            out[name] = value
+    if getattr(args, "n_devices", None) is not None:
+        out["n_devices"] = args.n_devices
+    if getattr(args, "offload_folder", None) is not None:
+        out["offload_folder"] = args.offload_folder
+    return out
+
+
+def batch_size_arg(value: str) -> int | str:
+    """A positive integer or 'auto' (from the device's free memory)."""
+    if value == "auto":
+        return value
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"batch size must be a positive integer or auto: {value}")
+    return size
 
 
 def resolve_store(path: str | Path) -> Path:

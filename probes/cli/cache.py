@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 
 from probes.cache.budget import TRUNCATE_SIDES
-from probes.cli.args import add_model_args, load_model_from_args
+from probes.cli.args import (
+    add_dispatch_args,
+    add_model_args,
+    batch_size_arg,
+    dispatch_options,
+    load_model_from_args,
+)
 from probes.validate import int_arg, out_dir_arg
 
 
@@ -15,7 +21,7 @@ def _handle(args: argparse.Namespace) -> int:
     from probes.datasets import RenderSpec, load_dataset
 
     dataset = load_dataset(args.dataset, size=args.size, seed=args.seed)
-    model = load_model_from_args(args)
+    model = load_model_from_args(args, **dispatch_options(args))
     suffix = None
     if args.position == "suffix":
         suffix = args.suffix.replace("{attribute}", dataset.attribute.replace("_", " "))
@@ -32,6 +38,8 @@ def _handle(args: argparse.Namespace) -> int:
         cache_root=args.out,
         max_tokens=args.max_tokens,
         truncate=args.truncate,
+        workers=args.workers,
+        ray_address=args.ray_address,
     )
     size_mb = store.nbytes_on_disk() / 2**20
     print(
@@ -47,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "cache", help="extract activations for a dataset into a resumable store"
     )
     add_model_args(parser)
+    add_dispatch_args(parser)
     parser.add_argument(
         "--dataset", required=True, help="built-in dataset name or a JSONL/CSV file"
     )
@@ -73,12 +82,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frame", default="raw", choices=["raw", "chat", "template"])
     parser.add_argument(
         "--store-dtype",
-        default="float32",
+        default=None,
         choices=["float32", "float16", "bfloat16"],
-        help="dtype the activations are stored in (default: %(default)s)",
+        help="dtype the activations are stored in (default: the model's when it is half "
+        "precision, else float32)",
     )
     parser.add_argument("--model-dtype", dest="dtype", help=argparse.SUPPRESS)  # old name
-    parser.add_argument("--batch-size", type=int_arg(1), default=16)
+    parser.add_argument(
+        "--batch-size", type=batch_size_arg, default=16, help="rows per batch, or auto"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int_arg(1),
+        default=1,
+        help="Ray workers, one model replica each (default 1)",
+    )
+    parser.add_argument(
+        "--ray-address", default=None, help="an existing Ray cluster (default: start one here)"
+    )
     parser.add_argument(
         "--max-tokens",
         type=int_arg(2),

@@ -61,7 +61,7 @@ def _handle_probe(args: argparse.Namespace) -> int:
 def _handle_transfer(args: argparse.Namespace) -> int:
     """Train on one store, test on the others; write ``results.json`` (and the matrix)."""
     from probes.cache.store import ActivationStore
-    from probes.probing.layerwise import transfer, transfer_matrix
+    from probes.probing.transfer import transfer, transfer_matrix
     from probes.viz.export import save_figure
     from probes.viz.probing import plot_transfer
 

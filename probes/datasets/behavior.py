@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from probes.datasets.builtin import read_data_json, tidy_text
-from probes.datasets.render import RenderSpec, render
+from probes.datasets.render import RenderSpec, attach, render
 from probes.datasets.schema import Example
 from probes.errors import DatasetError
 
@@ -145,7 +145,7 @@ def render_behavior(
     items = list(items)
     prompts = render([item.as_example() for item in items], spec, tokenizer)
     return [
-        f"{prompt} {item.answer_prefix}" if item.answer_prefix else prompt
+        attach(prompt, f" {item.answer_prefix}") if item.answer_prefix else prompt
         for prompt, item in zip(prompts, items, strict=True)
     ]
 

@@ -12,7 +12,7 @@ from probes.errors import DatasetError
 
 Frame = Literal["raw", "chat", "template"]
 FRAMES: tuple[str, ...] = ("raw", "chat", "template")
-RENDER_VERSION = "render-v1"
+RENDER_VERSION = "render-v2"  # v2: a suffix after a turn header loses its leading spaces
 _ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 
@@ -79,6 +79,14 @@ def _template_frame(example: Example, tokenizer: Any) -> str:
     return text
 
 
+def attach(prompt: str, text: str) -> str:
+    """``prompt + text``, except that a chat template's turn header (ending in a newline) is
+    followed by ``text`` without its leading spaces: the assistant's turn starts right there."""
+    if prompt.endswith("\n"):
+        return prompt + text.lstrip(" ")
+    return prompt + text
+
+
 def render_one(example: Example, spec: RenderSpec, tokenizer: Any = None) -> str:
     """Render a single example; see `render`."""
     if spec.frame == "raw":
@@ -87,7 +95,7 @@ def render_one(example: Example, spec: RenderSpec, tokenizer: Any = None) -> str
         text = _chat_frame(example)
     else:
         text = _template_frame(example, tokenizer)
-    return text + (spec.suffix or "")
+    return attach(text, spec.suffix or "")
 
 
 def render(
@@ -98,7 +106,8 @@ def render(
     """Prompt strings for the examples: frame, then suffix. Never adds BOS (the tokenizer does).
 
     raw: the user's text (chat examples: user turns joined by newlines);
-    chat: "User: ...\\nAssistant:"; template: the tokenizer's chat template + generation prompt.
+    chat: "User: ...\\nAssistant:"; template: the tokenizer's chat template + generation prompt
+    (every turn of a multi-turn row kept), so a suffix opens the assistant's turn.
     """
     if not isinstance(spec, RenderSpec):
         raise DatasetError("render() needs a RenderSpec.")

@@ -24,6 +24,16 @@ from probes.models.compat import (
     kv_cache_from,
     route_kv_cache,
 )
+from probes.models.devices import (
+    default_dtype,
+    default_store_dtype,
+    free_memory_batch_size,
+    input_device,
+    is_dispatched,
+    is_out_of_memory,
+    shrinking_batches,
+)
+from probes.models.head import OutputHead, detect_output_head
 from probes.models.loading import (
     BUILTIN_SPECS,
     EMBEDDED_ARCH_NAME,
@@ -38,6 +48,7 @@ from probes.models.loading import (
     probes_home,
     resolve_device,
     resolve_dtype,
+    wrap_hf_model,
 )
 from probes.models.tiny import (
     TINY_SEED,
@@ -55,6 +66,7 @@ __all__ = [
     "Batch",
     "BuiltinSpec",
     "LoadedModel",
+    "OutputHead",
     "batch_rows",
     "build_byte_tokenizer",
     "build_tiny_model",
@@ -64,10 +76,17 @@ __all__ = [
     "convert_embedded",
     "current_rows",
     "declared_prompt_lengths",
+    "default_dtype",
+    "default_store_dtype",
+    "detect_output_head",
     "embedded_model_dir",
     "encode",
+    "free_memory_batch_size",
+    "input_device",
     "installed_version",
     "is_converted",
+    "is_dispatched",
+    "is_out_of_memory",
     "kv_cache_from",
     "length_sorted_batches",
     "list_models",
@@ -78,4 +97,6 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "route_kv_cache",
+    "shrinking_batches",
+    "wrap_hf_model",
 ]

@@ -21,8 +21,17 @@ from typing import Any
 
 import torch
 
-from probes.errors import ModelNotFoundError, ProbesError
+from probes.errors import ModelNotFoundError, ProbesError, UnsupportedArchitectureError
 from probes.models.compat import check_supported, route_kv_cache
+from probes.models.devices import (
+    default_dtype,
+    dispatch_kwargs,
+    first_cuda,
+    input_device,
+    state_items,
+)
+from probes.models.folders import PICKLE_SUFFIXES, check_model_folder
+from probes.models.head import detect_output_head
 from probes.validate import check_device
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -137,7 +146,7 @@ def _log(message: str) -> None:
 def _hash_state_dict(model: torch.nn.Module) -> str:
     """sha256 over parameter names, shapes, dtypes and raw bytes: a content fingerprint."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state_items(model), key=lambda item: item[0]):
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -246,10 +255,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(check_device(device))
 
 
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """``None`` means float32; strings like 'bfloat16' are accepted."""
+def resolve_dtype(
+    dtype: str | torch.dtype | None, device: torch.device | None = None
+) -> torch.dtype:
+    """``None`` means bfloat16 on CUDA and float32 elsewhere; strings like 'bfloat16' work."""
     if dtype is None:
-        return torch.float32
+        return default_dtype(device or torch.device("cpu"))
     if isinstance(dtype, torch.dtype):
         return dtype
     value = getattr(torch, str(dtype), None)
@@ -265,16 +276,29 @@ def load_model(
     *,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    device_map: str | dict[str, Any] | None = None,
+    n_devices: int | None = None,
+    max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | Path | None = None,
 ) -> LoadedModel:
     """Load "gemma-3-270m", "tiny-gemma3", "tiny-gpt2", a local folder or a locally cached HF id.
 
     A folder that needs its own Python code is refused unless ``trust_remote_code``; one whose
     only weights are pickle checkpoints is refused unless ``allow_pickle`` (docs/security.md).
+
+    ``device_map`` (accelerate's: "auto", "balanced" or a dict that may name "cpu" and "disk"),
+    ``n_devices`` (split over that many GPUs) and ``max_memory`` spread a model that does not fit
+    one device; ``offload_folder`` holds disk-offloaded weights. The bridge wraps the dispatched
+    model as it is, and inputs go to the device of the input embedding.
     """
     check_supported()
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype)
-    if spec in BUILTIN_SPECS and BUILTIN_SPECS[spec].kind == "tiny":
+    dispatch = dispatch_kwargs(device, device_map, n_devices, max_memory, offload_folder)
+    torch_device = resolve_device(device) if dispatch is None else torch.device("cpu")
+    torch_dtype = resolve_dtype(dtype, first_cuda(dispatch) or torch_device)
+    is_tiny = spec in BUILTIN_SPECS and BUILTIN_SPECS[spec].kind == "tiny"
+    if dispatch is not None and is_tiny:
+        raise ProbesError("device_map needs a model folder; the tiny models are built in code")
+    if is_tiny:
         from probes.models.tiny import build_tiny_model
 
         hf_model, tokenizer, arch_name = build_tiny_model(spec)
@@ -284,27 +308,65 @@ def load_model(
         folder = _resolve_folder(spec)
         use_safetensors = check_model_folder(folder, trust_remote_code, allow_pickle)
         hf_model, tokenizer = _load_hf_folder(
-            folder, torch_dtype, trust_remote_code=trust_remote_code, safetensors=use_safetensors
+            folder,
+            torch_dtype,
+            trust_remote_code=trust_remote_code,
+            safetensors=use_safetensors,
+            dispatch=dispatch,
         )
         arch_name = EMBEDDED_ARCH_NAME if spec == EMBEDDED_SPEC else str(folder)
         location = str(folder)
         fingerprint = _fingerprint_folder(folder, hf_model)
-    hf_model = hf_model.to(device=torch_device, dtype=torch_dtype).eval()
-    bridge = _boot_bridge(arch_name, hf_model, tokenizer)
+    if dispatch is None:
+        hf_model = hf_model.to(device=torch_device, dtype=torch_dtype)
+    else:
+        torch_device = input_device(hf_model)
+    name = spec if spec in BUILTIN_SPECS else Path(spec).name or spec
+    return wrap_hf_model(
+        hf_model,
+        tokenizer,
+        name,
+        fingerprint,
+        spec=spec,
+        location=location,
+        arch_name=arch_name,
+        device=torch_device,
+    )
+
+
+def wrap_hf_model(
+    hf_model: Any,
+    tokenizer: Any,
+    name: str,
+    fingerprint: str | None = None,
+    *,
+    spec: str | None = None,
+    location: str = "built in memory",
+    arch_name: str | None = None,
+    device: torch.device | None = None,
+) -> LoadedModel:
+    """A model already in memory (placed and cast by the caller) as a :class:`LoadedModel`.
+
+    ``fingerprint`` defaults to the weights' hash; pass one for a model too large to hash."""
+    hf_model = hf_model.eval()
+    bridge = _boot_bridge(arch_name or name, hf_model, tokenizer)
     cfg = hf_model.config
-    return LoadedModel(
+    loaded = LoadedModel(
         bridge=bridge,
         tokenizer=bridge.tokenizer,
-        name=spec if spec in BUILTIN_SPECS else Path(spec).name or spec,
-        spec=spec,
+        name=name,
+        spec=spec or name,
         n_layers=int(bridge.cfg.n_layers),
         d_model=int(bridge.cfg.d_model),
         vocab_size=int(getattr(cfg, "vocab_size", len(bridge.tokenizer))),
-        fingerprint=fingerprint,
+        fingerprint=fingerprint or _hash_state_dict(hf_model),
         location=location,
-        device=torch_device,
-        dtype=torch_dtype,
+        device=device or input_device(hf_model),
+        dtype=next(hf_model.parameters()).dtype,
     )
+    # checked now, before any hook is attached: may answer tokens skip the full head?
+    loaded.extra["output_head"] = detect_output_head(hf_model, loaded.d_model)
+    return loaded
 
 
 def _resolve_folder(spec: str) -> Path:
@@ -332,49 +394,13 @@ def _resolve_folder(spec: str) -> Path:
     raise ModelNotFoundError(f"unknown model {spec!r}: use one of {known}, or a local folder")
 
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-
-
-def _read_json_object(path: Path, folder: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        reason = getattr(exc, "msg", None) or type(exc).__name__
-        raise ModelNotFoundError(f"{path} is not readable JSON ({reason})") from None
-    if not isinstance(value, dict):
-        raise ModelNotFoundError(f"{path} is not a JSON object")
-    return value
-
-
-def check_model_folder(folder: Path, trust_remote_code: bool, allow_pickle: bool) -> bool:
-    """Refuse a folder that would run its own code or unpickle, unless allowed; True when only
-    its safetensors weights should be read."""
-    config = _read_json_object(folder / "config.json", folder)
-    tokenizer_config = folder / "tokenizer_config.json"
-    tok = _read_json_object(tokenizer_config, folder) if tokenizer_config.is_file() else {}
-    code = sorted(p.name for p in folder.glob("*.py"))
-    configs = (("config.json", config), (tokenizer_config.name, tok))
-    needs_code = [name for name, values in configs if "auto_map" in values]
-    if (needs_code or code) and not trust_remote_code:
-        what = f"auto_map in {needs_code[0]}" if needs_code else f"Python files ({code[0]})"
-        raise ModelNotFoundError(
-            f"model folder {folder} needs its own code ({what}); it is never run unless you "
-            "pass --trust-remote-code (load_model(..., trust_remote_code=True))"
-        )
-    files = [p for p in folder.rglob("*") if p.is_file()]
-    safetensors = [p for p in files if p.suffix == ".safetensors"]
-    pickles = sorted(p.name for p in files if p.suffix in PICKLE_SUFFIXES)
-    if not safetensors and pickles and not allow_pickle:
-        raise ModelNotFoundError(
-            f"model folder {folder} holds only pickle weights ({pickles[0]}), which can run "
-            "code when loaded: convert them to safetensors, or pass --allow-pickle "
-            "(load_model(..., allow_pickle=True))"
-        )
-    return bool(safetensors) or not allow_pickle
-
-
 def _load_hf_folder(
-    folder: Path, dtype: torch.dtype, *, trust_remote_code: bool = False, safetensors: bool = True
+    folder: Path,
+    dtype: torch.dtype,
+    *,
+    trust_remote_code: bool = False,
+    safetensors: bool = True,
+    dispatch: dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -389,6 +415,7 @@ def _load_hf_folder(
             local_files_only=True,
             trust_remote_code=trust,
             use_safetensors=True if safetensors else None,
+            **(dispatch or {}),
         )
     except (OSError, ValueError, TypeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -417,10 +444,24 @@ def _boot_bridge(arch_name: str, hf_model: Any, tokenizer: Any) -> Any:
         bridge = TransformerBridge.boot_transformers(
             arch_name, hf_model=hf_model, tokenizer=tokenizer
         )
+    except ValueError as exc:
+        if "architecture" not in str(exc).lower():
+            raise
+        found = ", ".join(hf_model.config.architectures or [type(hf_model).__name__])
+        raise UnsupportedArchitectureError(
+            f"architecture {found} is not supported: TransformerLens {_tl_version()}'s "
+            "TransformerBridge has no adapter for it"
+        ) from exc
     finally:
         logging.getLogger().setLevel(previous)
     route_kv_cache(bridge)
     return bridge
+
+
+def _tl_version() -> str:
+    from probes.models.compat import installed_version
+
+    return installed_version("transformer-lens") or "?"
 
 
 def list_models() -> list[dict[str, str]]:

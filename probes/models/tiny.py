@@ -14,28 +14,47 @@ _SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 TINY_SEED = 0
 
 
-def build_byte_tokenizer() -> Any:
-    """A byte-level BPE tokenizer with no merges that prepends <bos>, built in code."""
+# A ChatML-style template (as Qwen's), opened by BOS (as Gemma's) so rendering must drop it.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CHAT_SPECIALS = ("<|im_start|>", "<|im_end|>")
+
+
+def build_byte_tokenizer(chat: bool = False) -> Any:
+    """A byte-level BPE tokenizer with no merges that prepends <bos>, built in code.
+
+    ``chat=True`` adds the two turn markers as special tokens and a ChatML chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = {token: i for i, token in enumerate(_SPECIALS)}
     for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab[char] = len(vocab)
+    extra = CHAT_SPECIALS if chat else ()
+    for token in extra:
+        vocab[token] = len(vocab)
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     core.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", 1)]
     )
+    if extra:
+        from tokenizers import AddedToken
+
+        core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in extra])
     return PreTrainedTokenizerFast(
         tokenizer_object=core,
+        chat_template=CHAT_TEMPLATE if chat else None,
+        additional_special_tokens=list(extra) or None,
         pad_token="<pad>",
         bos_token="<bos>",
         eos_token="<eos>",
         unk_token="<unk>",
         add_bos_token=True,
-        name_or_path="probes-byte-tokenizer",
+        name_or_path="probes-byte-chat-tokenizer" if chat else "probes-byte-tokenizer",
     )
 
 

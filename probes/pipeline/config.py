@@ -42,6 +42,8 @@ class ProbeStageConfig:
     C: float = 1.0
     n_boot: int = 1000
     reading_attribute: str | None = "dialect_us_uk"  # also probe at a read-out suffix
+    workers: int = 1  # >1: extract on a Ray actor pool (pip install -e ".[ray]")
+    ray_address: str | None = None  # an existing Ray cluster; None starts one on this machine
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,8 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError("probes.position must be 'last' or 'mean'")
     if config.probes.frame not in ("raw", "chat", "template"):
         raise ConfigError("probes.frame must be raw, chat or template")
+    if config.probes.workers < 1:
+        raise ConfigError("probes.workers must be at least 1")
     if config.probes.folds < 2:
         raise ConfigError("probes.folds must be at least 2")
     steer = config.interventions

@@ -145,6 +145,8 @@ def _probe_attribute(
         "layers": "all",
     }
     store_args["batch_size"] = cfg.batch_size
+    if cfg.workers > 1 or cfg.ray_address:
+        store_args.update(workers=cfg.workers, ray_address=cfg.ray_address)
 
     def probe(dataset: Any, **position: Any) -> LayerwiseResult:
         store = extract_dataset(model, dataset, **position, **store_args)

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from probes.probing.layerwise import (
+    WORKING_BYTES,
     LayerwiseResult,
     Splits,
-    TransferResult,
     bootstrap_interval,
     bow_baseline,
     classification_metrics,
     encode_labels,
     fit_layerwise,
+    layer_chunks,
     make_splits,
     out_of_fold,
-    transfer,
-    transfer_matrix,
 )
 from probes.probing.linear import (
     FORMAT,
@@ -27,10 +26,12 @@ from probes.probing.linear import (
     predict_proba_batched,
     sklearn_reference_fit,
 )
+from probes.probing.transfer import TransferResult, transfer, transfer_matrix
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "WORKING_BYTES",
     "BatchedFit",
     "FittedProbe",
     "LayerwiseResult",
@@ -44,6 +45,7 @@ __all__ = [
     "encode_labels",
     "fit_layerwise",
     "fit_logistic_batched",
+    "layer_chunks",
     "make_splits",
     "out_of_fold",
     "predict_proba_batched",

@@ -19,7 +19,7 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from probes import stats
-from probes.cache.store import ActivationStore, describe_difference, store_identity
+from probes.cache.store import ActivationStore
 from probes.errors import ProbesError
 from probes.validate import check_int
 
@@ -144,11 +144,20 @@ def out_of_fold(proba: np.ndarray, train_masks: np.ndarray) -> np.ndarray:
     return np.einsum("...fnk,fn->...nk", proba, test)
 
 
+BOOTSTRAP_CELLS = 2**26  # above this many resampled cells the bootstrap runs in chunks
+
+
 def bootstrap_interval(
     correct: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap interval of mean accuracy over examples; ``correct`` is [..., n]."""
-    means = stats.bootstrap_means(correct, n_boot, seed)  # [..., n_boot]
+    """Percentile bootstrap interval of mean accuracy over examples; ``correct`` is [..., n].
+
+    Large stores resample in chunks of bounded size (the full ``[..., n_boot, n]`` gather would
+    be 1.3 GB at 8 layers x 200,000 rows x 100 resamples); small ones keep their exact draws."""
+    big = correct.size * n_boot > BOOTSTRAP_CELLS
+    means = stats.bootstrap_means(  # [..., n_boot]
+        correct, n_boot, seed, max_cells=stats.MAX_CELLS if big else None
+    )
     return stats.percentile_bounds(means, level)
 
 
@@ -250,6 +259,16 @@ def _text_column(store: ActivationStore) -> list[str]:
     return user if any(t is not None for t in user) else store.texts
 
 
+WORKING_BYTES = 2**30  # float64 activations held at once by fit_layerwise and transfer
+
+
+def layer_chunks(layers: Sequence[int], n: int, d: int, max_bytes: int) -> list[list[int]]:
+    """``layers`` in consecutive chunks whose float64 ``[chunk, n, d]`` fits ``max_bytes``."""
+    per = max(1, int(max_bytes) // max(1, n * d * 8))
+    layers = list(layers)
+    return [layers[i : i + per] for i in range(0, len(layers), per)]
+
+
 def fit_layerwise(
     store: ActivationStore,
     *,
@@ -266,9 +285,11 @@ def fit_layerwise(
     attribute: str | None = None,
     layers: Sequence[int] | None = None,
     exact_folds: bool = False,
+    max_working_bytes: int = WORKING_BYTES,
 ) -> LayerwiseResult:
     """Cross-validated probes at every stored layer of ``site`` (or the listed ``layers``),
-    with controls and baselines."""
+    with controls and baselines. Layers are read and fitted in chunks of at most
+    ``max_working_bytes`` of float64 activations (at least one layer)."""
     classes, y = encode_labels(store.column(label_col))
     groups = store.column(group_col)
     splits = make_splits(y, groups if any(g is not None for g in groups) else None, n_folds, seed)
@@ -284,22 +305,28 @@ def fit_layerwise(
     missing = sorted(set(chosen) - set(store.layers))
     if missing:
         raise ProbesError(f"layers {missing} are not in the store (it has {list(store.layers)})")
-    X = torch.stack([store.get(layer, site) for layer in chosen]).float()  # [layers, n, d]
     k = len(classes)
 
     masks = splits.train_masks
-    control_acc = np.full(X.shape[0], np.nan)
-    if control:
-        # The probe and its control task are fitted as one batch of independent problems
-        # (the folds twice: true labels, then labels shuffled within each training fold).
-        shuffled = _shuffled_within_folds(y, masks, seed)
-        both = np.concatenate([np.broadcast_to(y, shuffled.shape), shuffled])
-        proba = _fit_predict(X, y, np.concatenate([masks, masks]), k, C, backend, both)
-        oof = out_of_fold(proba[:, : len(masks)], masks)
-        control_oof = out_of_fold(proba[:, len(masks) :], masks)
-        control_acc = (control_oof.argmax(-1) == y[None, :]).mean(-1)
-    else:
-        oof = out_of_fold(_fit_predict(X, y, masks, k, C, backend), masks)
+    shuffled = _shuffled_within_folds(y, masks, seed) if control else None
+    oof_parts, control_parts = [], []
+    # A bounded working set: a few layers at a time, read from the store's shards (float64 is
+    # what the solver works in), so a store larger than memory is probed layer by layer.
+    for chunk in layer_chunks(chosen, len(store), store.d_model, max_working_bytes):
+        X = store.read(chunk, site, torch.float64)  # [chunk, n, d]
+        if shuffled is not None:
+            # The probe and its control task are fitted as one batch of independent problems
+            # (the folds twice: true labels, then labels shuffled within each training fold).
+            both = np.concatenate([np.broadcast_to(y, shuffled.shape), shuffled])
+            proba = _fit_predict(X, y, np.concatenate([masks, masks]), k, C, backend, both)
+            oof_parts.append(out_of_fold(proba[:, : len(masks)], masks))
+            control_oof = out_of_fold(proba[:, len(masks) :], masks)
+            control_parts.append((control_oof.argmax(-1) == y[None, :]).mean(-1))
+        else:
+            oof_parts.append(out_of_fold(_fit_predict(X, y, masks, k, C, backend), masks))
+        del X
+    oof = np.concatenate(oof_parts)
+    control_acc = np.concatenate(control_parts) if control_parts else np.full(len(chosen), np.nan)
 
     correct = (oof.argmax(-1) == y[None, :]).astype(np.float64)  # [layers, n]
     low, high = bootstrap_interval(correct, n_boot=n_boot, seed=seed)
@@ -345,106 +372,3 @@ def _majority_accuracy(y: np.ndarray, train_masks: np.ndarray) -> float:
 def _infer_attribute(store: ActivationStore) -> str:
     values = {a for a in store.column("attribute") if a}
     return values.pop() if len(values) == 1 else "attribute"
-
-
-@dataclass(frozen=True)
-class TransferResult:
-    """A probe trained on one store and tested on another, per layer, beside bag-of-words."""
-
-    train: str
-    test: str
-    labels: tuple[str, ...]
-    rows: list[dict[str, float]]
-    bow: dict[str, float]
-    n_train: int
-    n_test: int
-
-    def at_layer(self, layer: int) -> dict[str, float]:
-        return next(r for r in self.rows if r["layer"] == layer)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def transfer(
-    train_store: ActivationStore,
-    test_store: ActivationStore,
-    *,
-    site: str = "resid_post",
-    label_col: str = "label",
-    C: float = 1.0,
-    n_boot: int = 1000,
-    seed: int = 0,
-    train_name: str | None = None,
-    test_name: str | None = None,
-) -> TransferResult:
-    """Train on every row of ``train_store``, test on ``test_store``, at each shared layer.
-
-    Both stores must come from the same model (fingerprint), width and attribute."""
-    a, b = store_identity(train_store), store_identity(test_store)
-    if a != b:
-        raise ProbesError(
-            f"cannot transfer from {train_store.path.name} ({a['model']}) to "
-            f"{test_store.path.name} ({b['model']}): {describe_difference(a, b)}"
-        )
-    classes, y_train = encode_labels(train_store.column(label_col))
-    test_labels = [str(v) for v in test_store.column(label_col)]
-    unknown = sorted(set(test_labels) - set(classes))
-    if unknown:
-        raise ProbesError(f"test labels {unknown} never occur in the training store")
-    y_test = np.asarray([classes.index(v) for v in test_labels])
-    layers = [layer for layer in train_store.layers if layer in test_store.layers]
-    if not layers:
-        raise ProbesError("the two stores share no layer")
-    X_train = torch.stack([train_store.get(layer, site) for layer in layers]).float()
-    X_test = torch.stack([test_store.get(layer, site) for layer in layers]).float()
-    if X_train.shape[-1] != X_test.shape[-1]:
-        raise ProbesError("the two stores come from models of different widths")
-    n_train, k = len(y_train), len(classes)
-    X = torch.cat([X_train, X_test], dim=1)
-    y = np.concatenate([y_train, y_test])
-    mask = np.zeros((1, len(y)), dtype=bool)
-    mask[0, :n_train] = True
-    proba = out_of_fold(_fit_predict(X, y, mask, k, C, "torch"), mask)[:, n_train:]
-    correct = (proba.argmax(-1) == y_test[None, :]).astype(np.float64)
-    low, high = bootstrap_interval(correct, n_boot=n_boot, seed=seed)
-    rows = []
-    for i, layer in enumerate(layers):
-        row = {"layer": layer, **classification_metrics(y_test, proba[i], k)}
-        row["ci_low"], row["ci_high"] = float(low[i]), float(high[i])
-        rows.append(row)
-    texts = _text_column(train_store) + _text_column(test_store)
-    bow_metrics = bow_baseline(texts, y, mask, k, C)
-    return TransferResult(
-        train=train_name or str(train_store.path.name),
-        test=test_name or str(test_store.path.name),
-        labels=classes,
-        rows=rows,
-        bow=bow_metrics,
-        n_train=n_train,
-        n_test=len(y_test),
-    )
-
-
-def transfer_matrix(
-    stores: dict[str, ActivationStore], *, layer: int, site: str = "resid_post", C: float = 1.0
-) -> dict[str, Any]:
-    """Probe and BoW accuracy for every (train, test) pair of named stores at one layer.
-
-    The diagonal is in-distribution: it uses the cross-validated probe on that store.
-    """
-    names = list(stores)
-    probe = np.zeros((len(names), len(names)))
-    bow = np.zeros_like(probe)
-    for i, a in enumerate(names):
-        for j, b in enumerate(names):
-            if i == j:
-                result = fit_layerwise(stores[a], site=site, C=C, control=False, n_boot=10)
-                row = next(r for r in result.rows if r["layer"] == layer)
-                probe[i, j] = row["accuracy"]
-                bow[i, j] = result.bow["accuracy"] if result.bow else np.nan
-            else:
-                t = transfer(stores[a], stores[b], site=site, C=C, n_boot=10)
-                probe[i, j] = t.at_layer(layer)["accuracy"]
-                bow[i, j] = t.bow["accuracy"]
-    return {"names": names, "layer": layer, "probe": probe.tolist(), "bow": bow.tolist()}

@@ -61,6 +61,16 @@ class BatchedFit:
     converged: Bool[Tensor, "layers folds"]  # gradient <= tol, or no progress left in float64
 
 
+ROW_BLOCK_BYTES = 64 * 2**20  # float64 bytes per block of the statistics passes
+
+
+def _row_blocks(n: int, d: int) -> list[slice]:
+    """Row slices whose float64 ``[rows, d]`` temporaries fit ``ROW_BLOCK_BYTES``: a single
+    slice for every store up to that size, so small stores' numbers do not change."""
+    step = max(1, ROW_BLOCK_BYTES // (8 * max(1, d)))
+    return [slice(start, min(n, start + step)) for start in range(0, n, step)]
+
+
 def _standardise_stats(
     X: Float[Tensor, "layers n d"], weights: Float[Tensor, "folds n"]
 ) -> tuple[Tensor, Tensor]:
@@ -69,9 +79,13 @@ def _standardise_stats(
     for layer in range(X.shape[0]):
         x = X[layer].to(torch.float64)
         shift = x.mean(0)
-        xc = x - shift
-        m1 = weights @ xc  # [F, d]
-        var = (weights @ xc.square() - m1.square()).clamp_min(0.0)
+        m1 = torch.zeros(weights.shape[0], x.shape[1], dtype=torch.float64)
+        m2 = torch.zeros_like(m1)
+        for rows in _row_blocks(*x.shape):  # one block unless the store is large
+            xc = x[rows] - shift
+            m1 += weights[:, rows] @ xc  # [F, d]
+            m2 += weights[:, rows] @ xc.square()
+        var = (m2 - m1.square()).clamp_min(0.0)
         mean = m1 + shift
         std = var.sqrt()
         tiny = 10 * torch.finfo(torch.float64).eps * mean.abs().clamp_min(1.0)
@@ -118,8 +132,21 @@ class _Problems:
         eye = torch.eye(d, dtype=torch.float64)
         for layer in range(L):
             x = self.X[layer]
-            z = ((x - x.mean(0)) / x.std(0, correction=0).clamp_min(1e-12)).to(torch.float32)
-            corr = (z.T @ z).to(torch.float64) / n
+            blocks = _row_blocks(n, d)  # one block unless the store is large
+            centre = x.mean(0)
+            if len(blocks) == 1:
+                spread = x.std(0, correction=0)
+            else:  # no full-size temporary: the variance block by block
+                sq = torch.zeros(d, dtype=torch.float64)
+                for rows in blocks:
+                    sq += (x[rows] - centre).square().sum(0)
+                spread = (sq / n).sqrt()
+            spread = spread.clamp_min(1e-12)
+            corr = torch.zeros(d, d, dtype=torch.float64)
+            for rows in blocks:
+                z = ((x[rows] - centre) / spread).to(torch.float32)
+                corr += (z.T @ z).to(torch.float64)
+            corr /= n
             chol, info = torch.linalg.cholesky_ex(self.alpha * corr + ridge * eye)
             jitter = ridge
             while int(info) != 0:  # float32 rounding made it indefinite: add more ridge

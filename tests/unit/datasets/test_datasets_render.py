@@ -66,7 +66,7 @@ def test_template_frame_uses_the_tokenizer_and_drops_bos() -> None:
     out = render([TEXT, CHAT], RenderSpec("template", suffix=" I think"), FakeTemplateTokenizer())
     assert out[0] == (
         "<start_of_turn>user\nI love the colour of autumn leaves.<end_of_turn>\n"
-        "<start_of_turn>model\n I think"
+        "<start_of_turn>model\nI think"
     )
     assert not out[1].startswith("<bos>") and out[1].count("<start_of_turn>") == 5
 

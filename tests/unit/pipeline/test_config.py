@@ -51,6 +51,7 @@ def test_toml_values_and_overrides(tmp_path):
         ),
         ("[interventions]\nerase_test_rows = 0\n", "erase_test_rows must be a positive"),
         ('[probes]\nattributes = ["age"]\nreading_attribute = "gender"\n', "reading_attribute"),
+        ("[probes]\nworkers = 0\n", "probes.workers must be at least 1"),
     ],
 )
 def test_bad_configs_are_one_line_errors(tmp_path, text, message):

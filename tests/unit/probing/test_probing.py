@@ -9,7 +9,8 @@ import torch
 from probes.cache.store import write_store
 from probes.cli.app import main
 from probes.errors import ProbesError
-from probes.probing.layerwise import fit_layerwise, make_splits, transfer, transfer_matrix
+from probes.probing.layerwise import fit_layerwise, make_splits
+from probes.probing.transfer import transfer, transfer_matrix
 from probes.viz.export import save_figure
 from probes.viz.probing import plot_layerwise, plot_overview
 
