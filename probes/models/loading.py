@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
-from probes.errors import ModelNotFoundError, ProbesError, UnsupportedArchitectureError
-from probes.models.compat import check_supported, route_kv_cache
+from probes.errors import ModelNotFoundError, ProbesError
+from probes.models.bridge import boot_bridge
+from probes.models.compat import check_supported
 from probes.models.devices import (
     default_dtype,
     dispatch_kwargs,
@@ -349,7 +350,7 @@ def wrap_hf_model(
 
     ``fingerprint`` defaults to the weights' hash; pass one for a model too large to hash."""
     hf_model = hf_model.eval()
-    bridge = _boot_bridge(arch_name or name, hf_model, tokenizer)
+    bridge = boot_bridge(arch_name or name, hf_model, tokenizer)
     cfg = hf_model.config
     loaded = LoadedModel(
         bridge=bridge,
@@ -421,47 +422,6 @@ def _load_hf_folder(
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFoundError(f"could not load a causal LM from {folder}: {first_line}") from exc
     return model, tokenizer
-
-
-def _boot_bridge(arch_name: str, hf_model: Any, tokenizer: Any) -> Any:
-    """Wrap a loaded HF model in a TransformerBridge without any hub call."""
-    import logging
-
-    from transformer_lens.model_bridge import TransformerBridge
-
-    # TransformerLens reloads a tokenizer that does not declare add_bos_token; ours already
-    # prepend BOS, so saying so keeps it from reloading (and from looking anything up).
-    if tokenizer.bos_token_id is not None:
-        ids = tokenizer("a").input_ids
-        if ids and ids[0] == tokenizer.bos_token_id:
-            tokenizer.init_kwargs["add_bos_token"] = True
-    tokenizer.init_kwargs.setdefault("name_or_path", getattr(tokenizer, "name_or_path", "local"))
-    if not getattr(hf_model.config, "architectures", None):
-        hf_model.config.architectures = [type(hf_model).__name__]
-    previous = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)
-    try:
-        bridge = TransformerBridge.boot_transformers(
-            arch_name, hf_model=hf_model, tokenizer=tokenizer
-        )
-    except ValueError as exc:
-        if "architecture" not in str(exc).lower():
-            raise
-        found = ", ".join(hf_model.config.architectures or [type(hf_model).__name__])
-        raise UnsupportedArchitectureError(
-            f"architecture {found} is not supported: TransformerLens {_tl_version()}'s "
-            "TransformerBridge has no adapter for it"
-        ) from exc
-    finally:
-        logging.getLogger().setLevel(previous)
-    route_kv_cache(bridge)
-    return bridge
-
-
-def _tl_version() -> str:
-    from probes.models.compat import installed_version
-
-    return installed_version("transformer-lens") or "?"
 
 
 def list_models() -> list[dict[str, str]]:
