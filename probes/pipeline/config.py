@@ -13,7 +13,16 @@ from typing import Any
 
 from probes.errors import ConfigError
 
-ALL_STAGES = ("first_look", "probes", "steering", "patching", "erasure", "mediation", "audit")
+ALL_STAGES = (
+    "first_look",
+    "probes",
+    "transfer",
+    "steering",
+    "patching",
+    "erasure",
+    "mediation",
+    "audit",
+)
 MEDIATION_CASES = ("dialect", "proficiency", "echo_chamber")
 PROBE_ATTRIBUTES = (
     "dialect_us_uk",
@@ -41,6 +50,26 @@ class ProbeStageConfig:
     C: float = 1.0
     n_boot: int = 1000
     reading_attribute: str | None = "dialect_us_uk"  # also probe at a read-out suffix
+
+
+@dataclass(frozen=True)
+class TransferStageConfig:
+    """Settings chosen on other styles, then transfer to the held-out corpus (per attribute).
+
+    Training styles: the templated set, the conversation set (``conversation_size`` chats) and
+    any ``train_files`` ("attribute=path.jsonl"); the hand-written chatty corpus and the
+    conversation set are the validation styles. Position, frame, C and layer are chosen by
+    leave-one-style-out; the test is the hand-written held-out corpus."""
+
+    positions: tuple[str, ...] = ("last", "mean")  # also "suffix" (a read-out suffix)
+    frames: tuple[str, ...] = ("raw",)  # also "chat", "template"
+    Cs: tuple[float, ...] = (0.1, 1.0, 10.0)
+    conversation_size: int = 48
+    template_size: int | None = None  # None: the probes stage's size (its stores are reused)
+    train_files: tuple[str, ...] = ()  # "age=my_chats.jsonl": more training text of a style
+    label_map: tuple[str, ...] = ()  # "older adult=older_adult"
+    readout: bool = True  # does the probe's reading predict the tailoring (behaviour items)?
+    n_boot: int = 1000
 
 
 @dataclass(frozen=True)
@@ -90,6 +119,7 @@ class RunConfig:
     dtype: str | None = None
     stages: tuple[str, ...] = ALL_STAGES
     probes: ProbeStageConfig = field(default_factory=ProbeStageConfig)
+    transfer: TransferStageConfig = field(default_factory=TransferStageConfig)
     interventions: InterventionStageConfig = field(default_factory=InterventionStageConfig)
     mediation: MediationStageConfig = field(default_factory=MediationStageConfig)
     audit: AuditStageConfig = field(default_factory=AuditStageConfig)
@@ -105,6 +135,7 @@ QUICK_OVERRIDES = {
     "folds": 3,
     "reading_attribute": None,
 }
+QUICK_TRANSFER = {"positions": ("last",), "conversation_size": 24, "n_boot": 300}
 QUICK_INTERVENTIONS = {
     "strengths": (-0.2, 0.2),
     "layers": "auto-tiny",
@@ -117,6 +148,7 @@ QUICK_MEDIATION = {"n_boot": 300, "n_perm": 1000, "layers": "auto-tiny", "pairs"
 QUICK_AUDIT = {"max_items": 4, "n_boot": 300, "n_perm": 300, "mitigation": False}
 SECTIONS = {
     "probes": ProbeStageConfig,
+    "transfer": TransferStageConfig,
     "interventions": InterventionStageConfig,
     "mediation": MediationStageConfig,
     "audit": AuditStageConfig,
@@ -152,7 +184,7 @@ def _coerce(section: str, cls: type, values: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"{section}.{key} must be a positive number")
             value = float(value)
         elif default is None or isinstance(default, str):
-            counts = ("size", "max_items", "pairs", "erase_test_rows")
+            counts = ("size", "max_items", "pairs", "erase_test_rows", "template_size")
             if key in counts and not (isinstance(value, int) and value > 0):
                 raise ConfigError(f"{section}.{key} must be a positive integer")
             if key not in counts and not isinstance(value, str):
@@ -198,6 +230,7 @@ def load_config(
         }
         probes = replace(probes, **quick_sizes)
         for name, values in (
+            ("transfer", QUICK_TRANSFER),
             ("interventions", QUICK_INTERVENTIONS),
             ("mediation", QUICK_MEDIATION),
             ("audit", QUICK_AUDIT),
@@ -228,6 +261,7 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError("probes.frame must be raw, chat or template")
     if config.probes.folds < 2:
         raise ConfigError("probes.folds must be at least 2")
+    _validate_transfer(config.transfer)
     steer = config.interventions
     if steer.attribute not in ("dialect", "belief"):
         raise ConfigError("interventions.attribute must be dialect or belief")
@@ -245,3 +279,23 @@ def _validate(config: RunConfig) -> None:
     reading = config.probes.reading_attribute
     if reading and reading not in config.probes.attributes:
         raise ConfigError("probes.reading_attribute must be one of probes.attributes")
+
+
+def _validate_transfer(cfg: TransferStageConfig) -> None:
+    from probes.datasets.labels import parse_label_map
+
+    bad = [p for p in cfg.positions if p not in ("last", "mean", "suffix")]
+    if bad or not cfg.positions:
+        raise ConfigError("transfer.positions must list last, mean or suffix")
+    if not cfg.frames or any(f not in ("raw", "chat", "template") for f in cfg.frames):
+        raise ConfigError("transfer.frames must list raw, chat or template")
+    if not cfg.Cs:
+        raise ConfigError("transfer.Cs must list at least one positive number")
+    for item in cfg.train_files:
+        _, sep, path = item.partition("=")
+        if not sep or not Path(path).is_file():
+            raise ConfigError(f"transfer.train_files takes attribute=path to a file, got {item!r}")
+    try:
+        parse_label_map(cfg.label_map)
+    except Exception as exc:  # DatasetError: one line, as a config error
+        raise ConfigError(f"transfer.label_map: {exc}") from None

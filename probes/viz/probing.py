@@ -154,7 +154,10 @@ def plot_transfer(matrix: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def plot_transfer_bars(rows: Sequence[dict[str, Any]]) -> go.Figure:
+def plot_transfer_bars(
+    rows: Sequence[dict[str, Any]],
+    title: str = "trained on built-in templates, tested on hand-written chatty messages",
+) -> go.Figure:
     """Per attribute: probe vs bag-of-words accuracy when trained on one set, tested on another."""
     names = [r["attribute"] for r in rows]
     fig = go.Figure()
@@ -193,7 +196,7 @@ def plot_transfer_bars(rows: Sequence[dict[str, Any]]) -> go.Figure:
     fig.update_yaxes(range=[0, 1.02])
     return themed(
         fig,
-        "<b>Transfer</b>: trained on built-in templates, tested on hand-written chatty messages",
+        f"<b>Transfer</b>: {title}",
         "",
-        "accuracy on the chatty corpus",
+        "accuracy on the test corpus",
     )
