@@ -66,10 +66,23 @@ def transfer_corpus(name: str) -> Dataset:
     return _packaged_corpus("transfer", name, "transfer corpus")
 
 
+HELDOUT_NAMES = ("age", "dialect_us_uk", "education", "gender", "proficiency", "socioeconomic")
+
+
 def heldout_corpus(name: str) -> Dataset:
-    """The hand-written held-out conversations for a built-in set: the final test of a probe,
-    written apart from the generator and never used to choose anything."""
-    return _packaged_corpus("heldout", name, "held-out corpus")
+    """The hand-written held-out conversations for a built-in set: a final test set only.
+
+    Never choose a layer, position, frame or setting on it, and never train on it
+    (probes/datasets/data/heldout/README.md).
+    """
+    from importlib.resources import files
+
+    if name not in HELDOUT_NAMES:
+        raise DatasetError(
+            f"no held-out corpus for {name!r}; there is one for {', '.join(HELDOUT_NAMES)}"
+        )
+    path = files("probes.datasets").joinpath("data", "heldout", f"{name}.jsonl")
+    return load_dataset(str(path))
 
 
 def list_datasets() -> list[DatasetInfo]:
