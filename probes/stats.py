@@ -70,7 +70,7 @@ def bootstrap_means(
 
 def cluster_bootstrap_means(
     values: Float[np.ndarray, "... n"],
-    clusters: Sequence[Any],
+    clusters: Sequence[Any] | np.ndarray,
     n_boot: int,
     seed: int,
 ) -> Float[np.ndarray, "... n_boot"]:
@@ -110,7 +110,7 @@ def spearman(x: Float[np.ndarray, " n"], y: Float[np.ndarray, " n"]) -> float:
 def correlation_interval(
     x: Sequence[float] | np.ndarray,
     y: Sequence[float] | np.ndarray,
-    clusters: Sequence[Any],
+    clusters: Sequence[Any] | np.ndarray,
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
