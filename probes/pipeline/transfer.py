@@ -190,10 +190,15 @@ def stage_transfer(
     from probes.viz.export import save_figure
     from probes.viz.probing import plot_transfer_bars
 
-    inputs = {"settings": asdict(cfg), "probes": asdict(pcfg), "layers": layers}
+    probe_settings = asdict(pcfg)
+    for unused in ("attributes", "reading_attribute"):  # another attribute changes no unit
+        probe_settings.pop(unused)
+    settings = asdict(cfg)
+    settings.pop("attributes")
+    inputs = {"settings": settings, "probes": probe_settings, "layers": layers}
     results: dict[str, Any] = {}
     for name in pcfg.attributes:
-        if name == "personas":
+        if name == "personas" or (cfg.attributes and name not in cfg.attributes):
             continue
         results[name] = runner.run(
             f"transfer: {name}",
