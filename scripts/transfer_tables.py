@@ -23,8 +23,17 @@ NAMES = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", help="a probes run folder (holds results.json)")
+    parser.add_argument(
+        "--in-distribution",
+        default=None,
+        help="results.json of a run whose probes stage gives the in-distribution table "
+        "(default: this run's own probes stage)",
+    )
     args = parser.parse_args()
     results = json.loads((Path(args.run) / "results.json").read_text())
+    inside = results
+    if args.in_distribution:
+        inside = json.loads(Path(args.in_distribution).read_text())
     transfer = results["stages"]["transfer"]
     rows = transfer["summary"]
     print(
@@ -47,9 +56,10 @@ def main() -> None:
         "bag of words | transfer | warning |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for r in results["stages"]["probes"]["summary"]:
+    for r in inside["stages"].get("probes", {}).get("summary", []):
         t = by_attribute.get(r["attribute"])
-        gap = "" if t is None else ("in-distribution > transfer + 20 points" * t["warning"])
+        warn = t is not None and r["accuracy"] - t["transfer"] > 0.20
+        gap = "in-distribution > transfer + 20 points" if warn else ""
         print(
             f"| {NAMES.get(r['attribute'], r['attribute'])} | {r['classes']} | {r['n']} | "
             f"{r['best_layer']} | {r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | "
