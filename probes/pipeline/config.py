@@ -290,6 +290,8 @@ def _validate(config: RunConfig) -> None:
 def _validate_transfer(cfg: TransferStageConfig) -> None:
     from probes.datasets.labels import parse_label_map
 
+    if any(a not in PROBE_ATTRIBUTES for a in cfg.attributes):
+        raise ConfigError(f"transfer.attributes must be among {', '.join(PROBE_ATTRIBUTES)}")
     bad = [p for p in cfg.positions if p not in ("last", "mean", "suffix")]
     if bad or not cfg.positions:
         raise ConfigError("transfer.positions must list last, mean or suffix")

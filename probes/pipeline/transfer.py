@@ -215,7 +215,9 @@ def stage_transfer(
             {"attribute": r["attribute"], "probe_accuracy": r["transfer"], **r} for r in summary
         ]
         fig = plot_transfer_bars(
-            bars, title="trained on templates + conversations, tested on the held-out corpus"
+            bars,
+            title="trained on templates + conversations, tested on the held-out corpus",
+            probe_name="probe (settings and layer chosen on other styles)",
         )
         save_figure(fig, runner.out / "figures" / "transfer_heldout")
     readouts = [unit["readout"] for unit in results.values() if "readout" in unit]

@@ -157,6 +157,7 @@ def plot_transfer(matrix: dict[str, Any]) -> go.Figure:
 def plot_transfer_bars(
     rows: Sequence[dict[str, Any]],
     title: str = "trained on built-in templates, tested on hand-written chatty messages",
+    probe_name: str = "probe (layer chosen on the training set)",
 ) -> go.Figure:
     """Per attribute: probe vs bag-of-words accuracy when trained on one set, tested on another."""
     names = [r["attribute"] for r in rows]
@@ -165,7 +166,7 @@ def plot_transfer_bars(
         go.Bar(
             x=names,
             y=[r["probe_accuracy"] for r in rows],
-            name="probe (layer chosen on the training set)",
+            name=probe_name,
             marker_color=PALETTE[0],
             error_y={
                 "type": "data",

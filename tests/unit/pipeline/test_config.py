@@ -54,6 +54,7 @@ def test_toml_values_and_overrides(tmp_path):
         ("[interventions]\nerase_test_rows = 0\n", "erase_test_rows must be a positive"),
         ('[probes]\nattributes = ["age"]\nreading_attribute = "gender"\n', "reading_attribute"),
         ('[transfer]\npositions = ["first"]\n', "transfer.positions must list"),
+        ('[transfer]\nattributes = ["astrology"]\n', "transfer.attributes must be among"),
         ("[transfer]\nframes = []\n", "transfer.frames must list"),
         ('[transfer]\nlabel_map = ["teen"]\n', "transfer.label_map: --label-map takes"),
         ('[transfer]\ntrain_files = ["age=/no/such.jsonl"]\n', "transfer.train_files takes"),
