@@ -201,7 +201,7 @@ class TransferReport:
     in_set_layer: int
     in_set_accuracy_at_layer: float
     in_set_bow_accuracy: float | None
-    rows: list[dict[str, float]]
+    rows: list[dict[str, Any]]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
