@@ -70,6 +70,69 @@ def bootstrap_means(
     )
 
 
+def cluster_bootstrap_means(
+    values: Float[np.ndarray, "... n"],
+    clusters: Sequence[Any] | np.ndarray,
+    n_boot: int,
+    seed: int,
+) -> Float[np.ndarray, "... n_boot"]:
+    """Means over the last axis when whole clusters (e.g. template families) are resampled.
+
+    Each draw takes as many clusters as there are, with replacement, and pools their rows, so
+    rows of one family stay together and the interval reflects how many families there are.
+    """
+    values = np.asarray(values, dtype=float)
+    if len(clusters) != values.shape[-1]:
+        raise ProbesError("one cluster per value is needed for a cluster bootstrap")
+    _, ids = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
+    n_clusters = int(ids.max()) + 1
+    sums = np.zeros((*values.shape[:-1], n_clusters))
+    for c in range(n_clusters):
+        sums[..., c] = values[..., ids == c].sum(axis=-1)
+    counts = np.bincount(ids, minlength=n_clusters).astype(float)
+    draws = np.random.default_rng(seed).integers(0, n_clusters, size=(n_boot, n_clusters))
+    return sums[..., draws].sum(axis=-1) / counts[draws].sum(axis=-1)
+
+
+def pearson(x: Float[np.ndarray, " n"], y: Float[np.ndarray, " n"]) -> float:
+    """Pearson's r (NaN when either side is constant)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    dx, dy = x - x.mean(), y - y.mean()
+    denom = math.sqrt(float((dx * dx).sum() * (dy * dy).sum()))
+    return float((dx * dy).sum() / denom) if denom > 0 else math.nan
+
+
+def spearman(x: Float[np.ndarray, " n"], y: Float[np.ndarray, " n"]) -> float:
+    """Spearman's rho: Pearson's r of the ranks (ties get their mean rank)."""
+    from scipy.stats import rankdata
+
+    return pearson(rankdata(x), rankdata(y))
+
+
+def correlation_interval(
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    clusters: Sequence[Any] | np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """Pearson's r of paired values and a cluster-bootstrap interval (whole clusters resampled,
+    e.g. both twins of a pair together)."""
+    x, y = as_vector(x), as_vector(y)
+    if len(x) != len(y) or len(clusters) != len(x):
+        raise ProbesError("a correlation needs x, y and clusters of one length")
+    _, ids = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
+    members = [np.flatnonzero(ids == c) for c in range(int(ids.max()) + 1)]
+    rng = np.random.default_rng(seed)
+    samples = np.empty(n_boot)
+    for b in range(n_boot):
+        rows = np.concatenate([members[c] for c in rng.integers(0, len(members), len(members))])
+        samples[b] = pearson(x[rows], y[rows])
+    low, high = percentile_interval(samples, level)
+    return pearson(x, y), low, high
+
+
 def _tails(level: float) -> tuple[float, float]:
     if not 0 < level < 1:
         raise ProbesError("level must be between 0 and 1")
@@ -142,8 +205,12 @@ __all__ = [
     "bootstrap_mean_interval",
     "bootstrap_means",
     "chunk_sizes",
+    "cluster_bootstrap_means",
+    "correlation_interval",
+    "pearson",
     "percentile_bounds",
     "percentile_interval",
     "permutation_p_value",
     "sign_flip_p_value",
+    "spearman",
 ]

@@ -19,8 +19,12 @@ def _handle(args: argparse.Namespace) -> int:
     """Extract (or resume) the store and print where it is."""
     from probes.cache.extraction import extract_dataset
     from probes.datasets import RenderSpec, load_dataset
+    from probes.datasets.labels import align_labels, parse_label_map
 
     dataset = load_dataset(args.dataset, size=args.size, seed=args.seed)
+    if args.label_map or args.labels:
+        labels = args.labels.split(",") if args.labels else None
+        dataset = align_labels(dataset, labels, parse_label_map(args.label_map))
     model = load_model_from_args(args, **dispatch_options(args))
     suffix = None
     if args.position == "suffix":
@@ -116,4 +120,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--size", type=int_arg(1), default=None, help="built-in dataset size")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--label-map",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="rename a label before storing (repeatable); spellings such as 'older adult' and "
+        "'Older-Adult' are normalised to older_adult first",
+    )
+    parser.add_argument(
+        "--labels", default=None, help="comma list fixing the class order, e.g. child,adult"
+    )
     parser.set_defaults(func=_handle)

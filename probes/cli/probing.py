@@ -12,6 +12,7 @@ from probes.errors import ProbesError
 from probes.validate import float_arg, int_arg, out_dir_arg
 
 if TYPE_CHECKING:
+    from probes.cache.store import ActivationStore
     from probes.probing.layerwise import LayerwiseResult
 
 
@@ -32,6 +33,55 @@ def _print_table(result: LayerwiseResult) -> None:
     print(f"majority class {result.majority_accuracy:.3f}; bag of words {bow}")
 
 
+def _setting_of(store: ActivationStore) -> str:
+    """``position/frame`` of a store, from its request."""
+    from probes.probing.selection import setting_key
+
+    position = store.request.get("position", {}).get("kind", "last")
+    rendering = store.request.get("rendering")
+    frame = rendering.get("frame", "raw") if isinstance(rendering, dict) else rendering or "raw"
+    return setting_key(str(position), str(frame))
+
+
+def _handle_selection(args: argparse.Namespace, store: ActivationStore, out: Path) -> int:
+    """``--select-on``: C and layer chosen on stores of other styles; ``--test`` scored once."""
+    from probes.datasets.labels import parse_label_map
+    from probes.probing.selection import Style, score_on_test, select_settings
+
+    label_map = parse_label_map(args.label_map)
+    setting = _setting_of(store)
+    styles = [Style("train", {setting: store})]
+    for k, path in enumerate(args.select_on):
+        styles.append(Style(f"validation{k + 1}", {setting: open_store(path)}))
+    validation = [s.name for s in styles[1:]]
+    selection = select_settings(
+        styles, validation=validation, Cs=args.Cs, site=args.site, label_map=label_map
+    )
+    print(f"chosen: {selection.reason}")
+    payload: dict = {"selection": selection.to_dict()}
+    if args.test:
+        report = score_on_test(
+            selection,
+            styles,
+            open_store(args.test),
+            site=args.site,
+            label_map=label_map,
+            n_boot=args.n_boot,
+            seed=args.seed,
+        )
+        payload["test"] = report.to_dict()
+        print(
+            f"test ({report.n_test} rows, {report.n_test_groups} families): accuracy "
+            f"{report.accuracy:.3f} [{report.ci_low:.3f}, {report.ci_high:.3f}] at the chosen "
+            f"layer {report.layer}; best layer on the test (optimistic) {report.best_layer} "
+            f"{report.best_layer_accuracy:.3f}; bag of words {report.bow_accuracy:.3f}; "
+            f"in-set CV {report.in_set_accuracy:.3f}; ECE {report.ece:.3f}"
+        )
+    atomic_write_json(out / "results.json", payload)
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
 def _handle_probe(args: argparse.Namespace) -> int:
     """Fit the layer-wise probes, write ``results.json`` and the figure, print the table."""
     from probes.probing.layerwise import fit_layerwise
@@ -39,6 +89,10 @@ def _handle_probe(args: argparse.Namespace) -> int:
     from probes.viz.probing import plot_layerwise
 
     store = open_store(args.store)
+    if args.select_on:
+        return _handle_selection(args, store, Path(args.out))
+    if args.test:
+        raise ProbesError("--test needs --select-on: settings are chosen on other text first")
     result = fit_layerwise(
         store,
         site=args.site,
@@ -115,6 +169,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     probe.add_argument("--seed", type=int, default=0)
     probe.add_argument("--backend", default="torch", choices=["torch", "sklearn"])
     probe.add_argument("--no-bow", action="store_true", help="skip the bag-of-words baseline")
+    probe.add_argument(
+        "--select-on",
+        nargs="+",
+        default=[],
+        metavar="STORE",
+        help="stores of other styles: choose C and layer by leave-one-style-out on them "
+        "(trained on --store and the others, validated on each) instead of in-set CV",
+    )
+    probe.add_argument(
+        "--test", default=None, help="with --select-on: a held-out store, scored once"
+    )
+    probe.add_argument(
+        "--Cs", type=float, nargs="+", default=[0.1, 1.0, 10.0], help="C values to choose from"
+    )
+    probe.add_argument(
+        "--label-map",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="align labels across stores (repeatable; spellings are normalised first)",
+    )
     probe.set_defaults(func=_handle_probe)
 
     tr = subparsers.add_parser("transfer", help="train a probe on one store, test on others")

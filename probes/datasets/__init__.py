@@ -19,6 +19,11 @@ from probes.datasets.builtin import (
     family_count,
     generate,
 )
+from probes.datasets.conversations import (
+    conversation_info,
+    conversation_names,
+    generate_conversations,
+)
 from probes.datasets.io import Columns, export_dataset, load_file, looks_like_file, sample_units
 from probes.datasets.render import RenderSpec, render
 from probes.datasets.schema import Dataset, DatasetInfo, Example
@@ -33,6 +38,7 @@ __all__ = [
     "Persona",
     "RenderSpec",
     "behavior_attributes",
+    "conversation_names",
     "export_dataset",
     "family_count",
     "heldout_corpus",
@@ -46,14 +52,18 @@ __all__ = [
 ]
 
 
-def transfer_corpus(name: str) -> Dataset:
-    """The hand-written chatty corpus for a built-in set (a different style, for transfer tests)."""
+def _packaged_corpus(folder: str, name: str, what: str) -> Dataset:
     from importlib.resources import files
 
-    path = files("probes.datasets").joinpath("data", "transfer", f"{name}.jsonl")
+    path = files("probes.datasets").joinpath("data", folder, f"{name}.jsonl")
     if not path.is_file():
-        raise DatasetError(f"no transfer corpus for {name!r}")
+        raise DatasetError(f"no {what} for {name!r}")
     return load_dataset(str(path))
+
+
+def transfer_corpus(name: str) -> Dataset:
+    """The hand-written chatty corpus for a built-in set (a different style, for transfer tests)."""
+    return _packaged_corpus("transfer", name, "transfer corpus")
 
 
 HELDOUT_NAMES = ("age", "dialect_us_uk", "education", "gender", "proficiency", "socioeconomic")
@@ -76,8 +86,11 @@ def heldout_corpus(name: str) -> Dataset:
 
 
 def list_datasets() -> list[DatasetInfo]:
-    """Every built-in dataset with its attribute, labels and default size."""
-    return [builtin_info(name) for name in builtin_names()]
+    """Every built-in dataset (templated sets, then conversation sets) with its attribute,
+    labels and default size."""
+    return [builtin_info(name) for name in builtin_names()] + [
+        conversation_info(name) for name in conversation_names()
+    ]
 
 
 def load_dataset(
@@ -108,9 +121,17 @@ def load_dataset(
                 f"Built-in dataset {name!r} has attribute {ds.attribute!r}, not {attribute!r}."
             )
         return ds
+    if name in conversation_names():
+        ds = generate_conversations(name, size=size, seed=seed)
+        if attribute is not None and attribute != ds.attribute:
+            raise DatasetError(
+                f"Built-in dataset {name!r} has attribute {ds.attribute!r}, not {attribute!r}."
+            )
+        return ds
     if not looks_like_file(name):
+        known = builtin_names() + conversation_names()
         raise DatasetError(
-            f"Unknown dataset {name!r}: not a built-in ({', '.join(builtin_names())}) "
+            f"Unknown dataset {name!r}: not a built-in ({', '.join(known)}) "
             "and not a .jsonl or .csv path."
         )
     columns = Columns(text=text_col, label=label_col, group=group_col, id=id_col, pair=pair_col)

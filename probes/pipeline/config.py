@@ -14,7 +14,16 @@ from typing import Any
 from probes.errors import ConfigError
 from probes.validate import check_device, check_dtype, config_float
 
-ALL_STAGES = ("first_look", "probes", "steering", "patching", "erasure", "mediation", "audit")
+ALL_STAGES = (
+    "first_look",
+    "probes",
+    "transfer",
+    "steering",
+    "patching",
+    "erasure",
+    "mediation",
+    "audit",
+)
 MEDIATION_CASES = ("dialect", "proficiency", "echo_chamber")
 PROBE_ATTRIBUTES = (
     "dialect_us_uk",
@@ -44,6 +53,30 @@ class ProbeStageConfig:
     reading_attribute: str | None = "dialect_us_uk"  # also probe at a read-out suffix
     workers: int = 1  # >1: extract on a Ray actor pool (pip install -e ".[ray]")
     ray_address: str | None = None  # an existing Ray cluster; None starts one on this machine
+
+
+@dataclass(frozen=True)
+class TransferStageConfig:
+    """Settings chosen on other styles, then transfer to the held-out corpus (per attribute).
+
+    Training styles: the templated set, the conversation set (``conversation_size`` chats) and
+    any ``train_files`` ("attribute=path.jsonl"); the hand-written chatty corpus and the
+    conversation set are the validation styles. Position, frame, C and layer are chosen by
+    leave-one-style-out; the test is the hand-written held-out corpus."""
+
+    # The grid of read-out positions ("last", "mean", "suffix") and frames ("raw", "chat",
+    # "template"). Every extra setting re-extracts every style, the 600-row templated set
+    # included, so the default run keeps one (its 15-minute budget); name more to choose.
+    attributes: tuple[str, ...] = ()  # which probed attributes (empty: every one)
+    positions: tuple[str, ...] = ("last",)
+    frames: tuple[str, ...] = ("raw",)
+    Cs: tuple[float, ...] = (0.1, 1.0, 10.0)
+    conversation_size: int = 48
+    template_size: int | None = None  # None: the probes stage's size (its stores are reused)
+    train_files: tuple[str, ...] = ()  # "age=my_chats.jsonl": more training text of a style
+    label_map: tuple[str, ...] = ()  # "older adult=older_adult"
+    readout: bool = True  # does the probe's reading predict the tailoring (behaviour items)?
+    n_boot: int = 1000
 
 
 @dataclass(frozen=True)
@@ -93,6 +126,7 @@ class RunConfig:
     dtype: str | None = None
     stages: tuple[str, ...] = ALL_STAGES
     probes: ProbeStageConfig = field(default_factory=ProbeStageConfig)
+    transfer: TransferStageConfig = field(default_factory=TransferStageConfig)
     interventions: InterventionStageConfig = field(default_factory=InterventionStageConfig)
     mediation: MediationStageConfig = field(default_factory=MediationStageConfig)
     audit: AuditStageConfig = field(default_factory=AuditStageConfig)
@@ -108,6 +142,9 @@ QUICK_OVERRIDES = {
     "folds": 3,
     "reading_attribute": None,
 }
+# --quick transfers dialect only (with its read-out correlation): the held-out corpora of
+# six attributes alone are about 23k tokens, more than --quick's 3-minute budget can hold.
+QUICK_TRANSFER = {"attributes": ("dialect_us_uk",), "conversation_size": 24, "n_boot": 300}
 QUICK_INTERVENTIONS = {
     "strengths": (-0.2, 0.2),
     "layers": "auto-tiny",
@@ -120,6 +157,7 @@ QUICK_MEDIATION = {"n_boot": 300, "n_perm": 1000, "layers": "auto-tiny", "pairs"
 QUICK_AUDIT = {"max_items": 4, "n_boot": 300, "n_perm": 300, "mitigation": False}
 SECTIONS = {
     "probes": ProbeStageConfig,
+    "transfer": TransferStageConfig,
     "interventions": InterventionStageConfig,
     "mediation": MediationStageConfig,
     "audit": AuditStageConfig,
@@ -153,7 +191,7 @@ def _coerce(section: str, cls: type, values: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(default, float):
             value = config_float(f"{section}.{key}", value, positive=True)
         elif default is None or isinstance(default, str):
-            counts = ("size", "max_items", "pairs", "erase_test_rows")
+            counts = ("size", "max_items", "pairs", "erase_test_rows", "template_size")
             positive = isinstance(value, int) and not isinstance(value, bool) and value > 0
             if key in counts and not positive:
                 raise ConfigError(f"{section}.{key} must be a positive integer")
@@ -199,6 +237,7 @@ def load_config(
         }
         probes = replace(probes, **quick_sizes)
         for name, values in (
+            ("transfer", QUICK_TRANSFER),
             ("interventions", QUICK_INTERVENTIONS),
             ("mediation", QUICK_MEDIATION),
             ("audit", QUICK_AUDIT),
@@ -266,6 +305,7 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError("probes.workers must be at least 1")
     if config.probes.folds < 2:
         raise ConfigError("probes.folds must be at least 2")
+    _validate_transfer(config.transfer)
     steer = config.interventions
     if steer.attribute not in ("dialect", "belief"):
         raise ConfigError("interventions.attribute must be dialect or belief")
@@ -283,3 +323,25 @@ def _validate(config: RunConfig) -> None:
     reading = config.probes.reading_attribute
     if reading and reading not in config.probes.attributes:
         raise ConfigError("probes.reading_attribute must be one of probes.attributes")
+
+
+def _validate_transfer(cfg: TransferStageConfig) -> None:
+    from probes.datasets.labels import parse_label_map
+
+    if any(a not in PROBE_ATTRIBUTES for a in cfg.attributes):
+        raise ConfigError(f"transfer.attributes must be among {', '.join(PROBE_ATTRIBUTES)}")
+    bad = [p for p in cfg.positions if p not in ("last", "mean", "suffix")]
+    if bad or not cfg.positions:
+        raise ConfigError("transfer.positions must list last, mean or suffix")
+    if not cfg.frames or any(f not in ("raw", "chat", "template") for f in cfg.frames):
+        raise ConfigError("transfer.frames must list raw, chat or template")
+    if not cfg.Cs:
+        raise ConfigError("transfer.Cs must list at least one positive number")
+    for item in cfg.train_files:
+        _, sep, path = item.partition("=")
+        if not sep or not Path(path).is_file():
+            raise ConfigError(f"transfer.train_files takes attribute=path to a file, got {item!r}")
+    try:
+        parse_label_map(cfg.label_map)
+    except Exception as exc:  # DatasetError: one line, as a config error
+        raise ConfigError(f"transfer.label_map: {exc}") from None

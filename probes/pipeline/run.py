@@ -78,22 +78,28 @@ def _say(message: str) -> None:
     print(f"[probes run] {message}", file=sys.stderr, flush=True)
 
 
+def probe_layers(model: LoadedModel, cfg: ProbeStageConfig) -> list[int] | None:
+    """The layers the probes stage fits (None: every layer)."""
+    from probes.cache.extraction import parse_layers
+
+    if cfg.layers == "sparse":  # every third layer and the last: a quick look at the curve
+        return sorted({*range(0, model.n_layers, 3), model.n_layers - 1})
+    if cfg.layers != "all":
+        return parse_layers(cfg.layers, model.n_layers)
+    return None
+
+
 def stage_probes(model: LoadedModel, cfg: ProbeStageConfig, runner: StageRunner) -> dict[str, Any]:
     """Layer-wise probes with controls for every configured attribute, and their figures.
 
     Each attribute is its own cached unit, so adding one to the config redoes only that one."""
     from dataclasses import asdict
 
-    from probes.cache.extraction import parse_layers
     from probes.probing.layerwise import LayerwiseResult
     from probes.viz.export import save_figure
     from probes.viz.probing import plot_overview
 
-    layers: list[int] | None = None  # None: every layer
-    if cfg.layers == "sparse":  # every third layer and the last: a quick look at the curve
-        layers = sorted({*range(0, model.n_layers, 3), model.n_layers - 1})
-    elif cfg.layers != "all":
-        layers = parse_layers(cfg.layers, model.n_layers)
+    layers = probe_layers(model, cfg)
     settings = {**asdict(cfg), "layers": layers}
     for unused in ("attributes", "reading_attribute"):
         settings.pop(unused)
@@ -336,6 +342,19 @@ def run_main_job(options: RunOptions) -> int:
         t = time.perf_counter()
         stages["probes"] = stage_probes(model, config.probes, runner)
         seconds["probes"] = round(time.perf_counter() - t, 1)
+    if "transfer" in config.stages:
+        from probes.pipeline.transfer import stage_transfer
+
+        t = time.perf_counter()
+        stages["transfer"] = stage_transfer(
+            model,
+            config.transfer,
+            config.probes,
+            runner,
+            probe_layers(model, config.probes),
+            stages.get("probes"),
+        )
+        seconds["transfer"] = round(time.perf_counter() - t, 1)
     chosen = tuple(s for s in ("steering", "patching", "erasure") if s in config.stages)
     if chosen:
         from probes.pipeline.stages import stage_interventions
@@ -395,7 +414,12 @@ def run_main_job(options: RunOptions) -> int:
                 print(f"  [{cue}] {r['uk_vs_us_log_odds']:+6.2f}  {r['prompt']}{r['greedy']!r}")
         follows, n_pairs = look["pairs_where_answer_follows_cue"], look["n_pairs"]
         print(f"the answer follows the cue (UK positive, US negative) in {follows}/{n_pairs} pairs")
+    if "transfer" in stages:
+        from probes.pipeline.transfer import print_transfer_summary
+
+        print_transfer_summary(stages["transfer"])
     if "probes" in stages:
+        print("\nin distribution (held-out template families of the templated sets):")
         print_probe_summary(stages["probes"]["summary"])
     if "interventions" in stages:
         print_intervention_summary(stages["interventions"])

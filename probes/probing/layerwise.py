@@ -238,7 +238,10 @@ def _sklearn_fit_predict(
 def bow_baseline(
     texts: Sequence[str], y: np.ndarray, train_masks: np.ndarray, n_classes: int, C: float = 1.0
 ) -> dict[str, float]:
-    """Bag-of-words (unigrams and bigrams) logistic regression on the raw text, same folds."""
+    """Bag-of-words (unigrams and bigrams) logistic regression on the raw text, same folds.
+
+    Scored on the rows some fold tests (every row in cross-validation; the test rows when one
+    mask trains on the rest, as in transfer)."""
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -250,7 +253,8 @@ def bow_baseline(
         clf = LogisticRegression(C=C, max_iter=5000).fit(train_x, y[mask])
         test_x = vectorizer.transform([t for t, m in zip(texts, mask, strict=True) if not m])
         proba[np.flatnonzero(~mask)[:, None], clf.classes_[None, :]] = clf.predict_proba(test_x)
-    return classification_metrics(y, proba, n_classes)
+    tested = (~train_masks).any(axis=0)
+    return classification_metrics(y[tested], proba[tested], n_classes)
 
 
 def _text_column(store: ActivationStore) -> list[str]:

@@ -154,7 +154,11 @@ def plot_transfer(matrix: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def plot_transfer_bars(rows: Sequence[dict[str, Any]]) -> go.Figure:
+def plot_transfer_bars(
+    rows: Sequence[dict[str, Any]],
+    title: str = "trained on built-in templates, tested on hand-written chatty messages",
+    probe_name: str = "probe (layer chosen on the training set)",
+) -> go.Figure:
     """Per attribute: probe vs bag-of-words accuracy when trained on one set, tested on another."""
     names = [r["attribute"] for r in rows]
     fig = go.Figure()
@@ -162,7 +166,7 @@ def plot_transfer_bars(rows: Sequence[dict[str, Any]]) -> go.Figure:
         go.Bar(
             x=names,
             y=[r["probe_accuracy"] for r in rows],
-            name="probe (layer chosen on the training set)",
+            name=probe_name,
             marker_color=PALETTE[0],
             error_y={
                 "type": "data",
@@ -193,7 +197,7 @@ def plot_transfer_bars(rows: Sequence[dict[str, Any]]) -> go.Figure:
     fig.update_yaxes(range=[0, 1.02])
     return themed(
         fig,
-        "<b>Transfer</b>: trained on built-in templates, tested on hand-written chatty messages",
+        f"<b>Transfer</b>: {title}",
         "",
-        "accuracy on the chatty corpus",
+        "accuracy on the test corpus",
     )

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from probes.datasets import PERSONAS, family_count, list_datasets, load_dataset
+from probes.datasets.builtin import builtin_names
 from probes.errors import DatasetError
 
-NAMES = [info.name for info in list_datasets()]
+NAMES = builtin_names()  # the templated sets (conversation sets: test_conversations.py)
 EXPECTED = {
     "dialect_us_uk": ("dialect", ("uk", "us")),
     "age": ("age", ("child", "adolescent", "adult", "older_adult")),

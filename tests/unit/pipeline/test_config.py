@@ -14,6 +14,8 @@ def test_defaults_and_quick():
     assert quick.probes.size == QUICK_OVERRIDES["size"]
     assert config.audit.mitigation and not quick.audit.mitigation  # quick skips the 2nd pass
     assert config.interventions.damage_and_samples and not quick.interventions.damage_and_samples
+    assert "transfer" in config.stages and config.transfer.positions == ("last",)
+    assert quick.transfer.conversation_size < config.transfer.conversation_size
 
 
 def test_a_config_value_wins_over_quick(tmp_path):
@@ -51,7 +53,12 @@ def test_toml_values_and_overrides(tmp_path):
         ),
         ("[interventions]\nerase_test_rows = 0\n", "erase_test_rows must be a positive"),
         ('[probes]\nattributes = ["age"]\nreading_attribute = "gender"\n', "reading_attribute"),
-        ("[probes]\nworkers = 0\n", "probes.workers must be at least 1"),
+        ("[probes]\nworkers = 0\n", "probes.workers must be a positive integer"),
+        ('[transfer]\npositions = ["first"]\n', "transfer.positions must list"),
+        ('[transfer]\nattributes = ["astrology"]\n', "transfer.attributes must be among"),
+        ("[transfer]\nframes = []\n", "transfer.frames must list"),
+        ('[transfer]\nlabel_map = ["teen"]\n', "transfer.label_map: --label-map takes"),
+        ('[transfer]\ntrain_files = ["age=/no/such.jsonl"]\n', "transfer.train_files takes"),
     ],
 )
 def test_bad_configs_are_one_line_errors(tmp_path, text, message):

@@ -199,6 +199,8 @@ def test_a_run_killed_in_the_audit_resumes_to_the_same_numbers_and_figures(tmp_p
         "first look",
         "probes: dialect_us_uk",
         "probes: age",
+        "transfer: dialect_us_uk",
+        "transfer: age",
         "interventions",
         "mediation: dialect",
         "mediation: proficiency",
