@@ -13,7 +13,16 @@ from typing import Any
 
 from probes.errors import ConfigError
 
-ALL_STAGES = ("first_look", "probes", "steering", "patching", "erasure", "mediation", "audit")
+ALL_STAGES = (
+    "first_look",
+    "probes",
+    "steering",
+    "patching",
+    "erasure",
+    "mediation",
+    "audit",
+    "readers",
+)
 MEDIATION_CASES = ("dialect", "proficiency", "echo_chamber")
 PROBE_ATTRIBUTES = (
     "dialect_us_uk",

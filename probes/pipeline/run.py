@@ -356,6 +356,14 @@ def run_main_job(options: RunOptions) -> int:
             lambda: stage_audit(model, config.audit, out, tailoring, size),
         )
         seconds["audit"] = round(time.perf_counter() - t, 1)
+    if "readers" in config.stages:
+        from probes.pipeline.readers import stage_readers
+
+        t = time.perf_counter()
+        stages["readers"] = stage_readers(
+            model, config.probes.attributes, out, config.probes.size, options.fresh
+        )
+        seconds["readers"] = round(time.perf_counter() - t, 1)
     seconds["total"] = round(time.perf_counter() - start, 1)
     results = {
         "probes_version": __version__,
@@ -393,6 +401,8 @@ def run_main_job(options: RunOptions) -> int:
         print_mediation_summary(stages["mediation"])
     if "audit" in stages:
         print_audit_summary(stages["audit"])
+    if "readers" in stages:
+        print(f"\nreader bundle for the dashboard: {out / 'readers'} (probes dashboard --readers)")
     print(
         f"\nresults in {out / 'results.json'}, figures in {out / 'figures'} ({seconds['total']} s)"
     )
