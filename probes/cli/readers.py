@@ -48,8 +48,10 @@ def steer_settings(model: Any, band: str | None, strength: float) -> Any:
     from probes.dashboard.session import SteerSettings
     from probes.models.layers import layers_at_depth, parse_layers
 
-    layers = parse_layers(band, model.n_layers) if band else layers_at_depth(
-        model.n_layers, (0.4, 0.5, 0.6)
+    layers = (
+        parse_layers(band, model.n_layers)
+        if band
+        else layers_at_depth(model.n_layers, (0.4, 0.5, 0.6))
     )
     return SteerSettings(tuple(sorted(set(layers))), float(strength))
 

@@ -210,7 +210,9 @@ class ChatEngine:
             else:
                 last = last_control or {}
                 control = {a: torch.tensor([last.get(a, [])]) for a in self.attributes}
-            suffix_ids = [self.encode(self.bundle.readers[a].suffix, False) for a in self.attributes]
+            suffix_ids = [
+                self.encode(self.bundle.readers[a].suffix, False) for a in self.attributes
+            ]
             width = max(len(s) for s in suffix_ids)
             past = cache.get_seq_length()
             batch = torch.full((len(suffix_ids), width), self.pad, dtype=torch.long)
@@ -238,7 +240,9 @@ class ChatEngine:
             for i, name in enumerate(self.attributes)
         }
         tokens = [self.model.tokenizer.decode([t]) for t in new_ids]
-        token_probs = [{a: control[a][j].tolist() for a in self.attributes} for j in range(len(new_ids))]
+        token_probs = [
+            {a: control[a][j].tolist() for a in self.attributes} for j in range(len(new_ids))
+        ]
         return Reading(probs, token_probs, tokens, time.perf_counter() - start)
 
     # ---------------------------------------------------------------------------- replies
@@ -280,7 +284,9 @@ class ChatEngine:
         def collect() -> None:
             control = self._probs("control", kept)
             n = next(iter(control.values())).shape[0]
-            token_rows.extend({a: control[a][j].tolist() for a in self.attributes} for j in range(n))
+            token_rows.extend(
+                {a: control[a][j].tolist() for a in self.attributes} for j in range(n)
+            )
 
         with (
             fast_attention(hf),

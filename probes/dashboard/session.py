@@ -102,7 +102,9 @@ class Session:
             return self.state()["pins"]
         reader = readers[attribute]
         if cls not in reader.classes:
-            raise ProbesError(f"{attribute} has no class {cls!r}; it has {', '.join(reader.classes)}")
+            raise ProbesError(
+                f"{attribute} has no class {cls!r}; it has {', '.join(reader.classes)}"
+            )
         value = self.settings.strength if strength is None else float(strength)
         if not -2.0 <= value <= 2.0:
             raise ProbesError(f"strength {value} is outside -2..2 (residual-norm units)")
@@ -111,8 +113,9 @@ class Session:
             reader.direction(cls, layer)  # a one-line error for a layer out of range
         pin = Pin(attribute, cls, value, band)
         self.pins[attribute] = pin
-        self.interventions.append({"at": _now(), "action": "pin", "turn": len(self.turns),
-                                   **pin.to_dict()})
+        self.interventions.append(
+            {"at": _now(), "action": "pin", "turn": len(self.turns), **pin.to_dict()}
+        )
         return self.state()["pins"]
 
     # ---------------------------------------------------------------------------- turns

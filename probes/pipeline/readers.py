@@ -4,8 +4,6 @@ dashboard (which fits one on first start when it is given none)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import sys
 import tempfile
@@ -15,19 +13,11 @@ from typing import Any
 
 from probes.errors import ProbesError
 from probes.models.loading import LoadedModel, probes_home
-from probes.pipeline.stage_cache import model_identity, stage_key
+from probes.pipeline.stage_cache import model_key, stage_key
 from probes.readers import READER_ATTRIBUTES, ReaderBundle, train_readers
 from probes.readers.bundle import BUNDLE_NAME
 
 READER_SIZE = 256  # examples per attribute dataset (whole twin sets); the dashboard's default
-
-
-def model_key(model: LoadedModel) -> dict[str, Any]:
-    """What cached results of ``model`` are keyed on: its describe() without the folder, and
-    a hash of its HF config (the weights fingerprint does not cover soft-cap, rope...)."""
-    hf_config = {k: v for k, v in model.hf_model.config.to_dict().items() if k != "_name_or_path"}
-    blob = json.dumps(hf_config, sort_keys=True, default=str).encode()
-    return {**model_identity(model.describe()), "hf_config_sha256": hashlib.sha256(blob).hexdigest()}
 
 
 def readers_cache_root() -> Path:
@@ -56,7 +46,9 @@ def cached_readers(
                 say(f"readers: refitting ({exc})")
     from tqdm import tqdm
 
-    with tqdm(total=len(attributes), desc="fit readers", unit="attribute", disable=not progress) as bar:
+    with tqdm(
+        total=len(attributes), desc="fit readers", unit="attribute", disable=not progress
+    ) as bar:
 
         def step(i: int, n: int, name: str) -> None:
             bar.n = i

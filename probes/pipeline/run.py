@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
-import json
 import platform
 import sys
 import time
@@ -306,11 +304,11 @@ def run_main_job(options: RunOptions) -> int:
     from probes.pipeline.stage_cache import StageCache
 
     cache = StageCache(probes_home() / "stages", reuse=not options.fresh)
+    from probes.pipeline.stage_cache import model_key
+
     # the weights fingerprint does not cover the HF config (soft-cap, rope...): key on it too,
-    # but not on where the model folder is
-    hf_config = {k: v for k, v in model.hf_model.config.to_dict().items() if k != "_name_or_path"}
-    blob = json.dumps(hf_config, sort_keys=True, default=str).encode()
-    identity = {**model.describe(), "hf_config_sha256": hashlib.sha256(blob).hexdigest()}
+    # but not on where the model folder is (StageRunner drops the location)
+    identity = {**model.describe(), **model_key(model)}
     runner = StageRunner(cache, identity, out, say=_say)
     # Every stage reads the same stores (the probes stage's size, every layer, last token), so
     # a run extracts each dataset once.

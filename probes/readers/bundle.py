@@ -139,7 +139,9 @@ class ReaderBundle:
             "readers": entries,
             "meta": self.meta,
         }
-        return save_artifact(Path(folder) / BUNDLE_NAME, BUNDLE_FORMAT, BUNDLE_VERSION, tensors, meta)
+        return save_artifact(
+            Path(folder) / BUNDLE_NAME, BUNDLE_FORMAT, BUNDLE_VERSION, tensors, meta
+        )
 
     @classmethod
     def load(cls, folder: str | Path) -> ReaderBundle:
@@ -190,4 +192,3 @@ def _reader(entry: dict[str, Any], tensors: dict[str, Tensor]) -> Reader:
         typical_norms=tensors[f"{name}.typical_norms"].float(),
         scores=dict(entry.get("scores") or {}),
     )
-

@@ -64,8 +64,9 @@ def test_readings_are_probabilities_that_sum_to_one(client):
 
 def test_pinning_a_class_moves_its_reading_up_on_the_next_turn(tiny_gemma, planted):
     def second_turn(pin: str | None) -> list[float]:
-        session = Session(ChatEngine(tiny_gemma, planted, max_new_tokens=4),
-                          SteerSettings((READ_LAYER,), 1.0))
+        session = Session(
+            ChatEngine(tiny_gemma, planted, max_new_tokens=4), SteerSettings((READ_LAYER,), 1.0)
+        )
         session.user_message(TURN1)
         session.reply()
         if pin:
@@ -126,8 +127,9 @@ def test_a_second_request_while_busy_is_refused_not_interleaved(client):
 def test_a_client_that_leaves_mid_reply_loses_nothing(tiny_gemma, planted):
     from probes.dashboard.server import _stream
 
-    session = Session(ChatEngine(tiny_gemma, planted, max_new_tokens=8),
-                      SteerSettings((READ_LAYER,), 1.0))
+    session = Session(
+        ChatEngine(tiny_gemma, planted, max_new_tokens=8), SteerSettings((READ_LAYER,), 1.0)
+    )
     session.user_message(TURN1)
     lines = _stream(session, regenerate=False)
     first = json.loads(next(lines))

@@ -35,9 +35,24 @@ def server(tmp_path, tiny_gemma):
     folder = tmp_path / "bundle"
     planted_bundle(tiny_gemma).save(folder)
     port = _free_port()
-    cmd = [sys.executable, "-m", "probes.cli", "dashboard", "--model", "tiny-gemma3",
-           "--readers", str(folder), "--port", str(port), "--band", "0-3", "--strength", "1.5",
-           "--max-new-tokens", "6"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "probes.cli",
+        "dashboard",
+        "--model",
+        "tiny-gemma3",
+        "--readers",
+        str(folder),
+        "--port",
+        str(port),
+        "--band",
+        "0-3",
+        "--strength",
+        "1.5",
+        "--max-new-tokens",
+        "6",
+    ]
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -114,7 +129,10 @@ def test_chat_cards_slider_and_regenerate_in_a_real_browser(server, browser):
     assert "dialect" in browser.find_element(By.CSS_SELECTOR, "#reply-steered .mini").text
     assert browser.find_element(By.ID, "status").text == ""
     last = browser.find_elements(By.CSS_SELECTOR, "#messages .msg")[-1]
-    assert "steered" in last.text and len(browser.find_elements(By.CSS_SELECTOR, "#messages .msg")) == 2
+    assert (
+        "steered" in last.text
+        and len(browser.find_elements(By.CSS_SELECTOR, "#messages .msg")) == 2
+    )
     # the pin (with the slider's strength) went to the server and is in the export
     with urllib.request.urlopen(server + "/api/export") as response:
         import json
