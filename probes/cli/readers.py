@@ -12,6 +12,8 @@ from probes.cli.args import add_model_args
 from probes.errors import ProbesError
 
 DEFAULT_PORT = 8765
+DEFAULT_BAND = (0.4,)  # fractions of the depth
+DEFAULT_STRENGTH = 0.03  # residual-norm units
 
 
 def _print_bundle(bundle: Any) -> None:
@@ -44,14 +46,15 @@ def _handle_train(args: argparse.Namespace) -> int:
 
 
 def steer_settings(model: Any, band: str | None, strength: float) -> Any:
-    """The dashboard's default steering band (a layer list, or 40-60% of the depth)."""
+    """The dashboard's default steering band: a layer list, or the layer at 40% of the depth
+    (where one pin flips the embedded model's favourite-team reply, README)."""
     from probes.dashboard.session import SteerSettings
     from probes.models.layers import layers_at_depth, parse_layers
 
     layers = (
         parse_layers(band, model.n_layers)
         if band
-        else layers_at_depth(model.n_layers, (0.4, 0.5, 0.6))
+        else layers_at_depth(model.n_layers, DEFAULT_BAND)
     )
     return SteerSettings(tuple(sorted(set(layers))), float(strength))
 
@@ -112,7 +115,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     dash.add_argument("--size", type=int, default=None, help="examples per dataset when fitting")
     dash.add_argument("--band", default=None, help="default steering layers, e.g. '6-9'")
     dash.add_argument(
-        "--strength", type=float, default=0.15, help="default pin strength (residual-norm units)"
+        "--strength",
+        type=float,
+        default=DEFAULT_STRENGTH,
+        help="default pin strength (residual-norm units)",
     )
     dash.add_argument("--max-new-tokens", type=int, default=40, help="reply length limit")
     dash.set_defaults(func=_handle_dashboard)
