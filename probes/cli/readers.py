@@ -59,6 +59,19 @@ def steer_settings(model: Any, band: str | None, strength: float) -> Any:
     return SteerSettings(tuple(sorted(set(layers))), float(strength))
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """A one-line error now, rather than after the model and readers are loaded."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ProbesError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); pass --port"
+            ) from exc
+
+
 def _handle_dashboard(args: argparse.Namespace) -> int:
     from probes.dashboard.engine import ChatEngine
     from probes.dashboard.server import create_app
@@ -69,6 +82,7 @@ def _handle_dashboard(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise ProbesError(f"port {args.port} is not a TCP port (1-65535)")
+    _check_port_free(args.host, args.port)
     bundle = ReaderBundle.load(args.readers) if args.readers else None
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     if bundle is None:

@@ -117,3 +117,14 @@ def test_readers_train_writes_a_bundle(tmp_path, capsys):
         )
         == 2
     )
+
+
+def test_a_port_in_use_is_one_line(capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["dashboard", "--model", "tiny-gemma3", "--port", str(port)]) == 2
+    assert "pass --port" in capsys.readouterr().err
