@@ -12,7 +12,7 @@ from probes.cli.args import add_model_args
 from probes.errors import ProbesError
 
 DEFAULT_PORT = 8765
-DEFAULT_BAND = (0.4,)  # fractions of the depth
+DEFAULT_BAND = (0.5,)  # fractions of the depth
 DEFAULT_STRENGTH = 0.03  # residual-norm units
 
 
@@ -46,7 +46,7 @@ def _handle_train(args: argparse.Namespace) -> int:
 
 
 def steer_settings(model: Any, band: str | None, strength: float) -> Any:
-    """The dashboard's default steering band: a layer list, or the layer at 40% of the depth
+    """The dashboard's default steering band: a layer list, or the layer at half the depth
     (where one pin flips the embedded model's favourite-team reply, README)."""
     from probes.dashboard.session import SteerSettings
     from probes.models.layers import layers_at_depth, parse_layers

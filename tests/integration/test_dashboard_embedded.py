@@ -27,7 +27,7 @@ def test_uk_spelling_reads_uk_and_pinning_us_flips_the_team(gemma):
 
     bundle, _, _ = cached_readers(gemma, ("dialect_us_uk",), progress=False)
     settings = steer_settings(gemma, None, DEFAULT_STRENGTH)
-    session = Session(ChatEngine(gemma, bundle, max_new_tokens=12), settings)
+    session = Session(ChatEngine(gemma, bundle), settings)  # the dashboard's reply length
     uk = bundle.readers["dialect"].classes.index("uk")
 
     first = session.user_message(TURN1)["readings"]["dialect"]

@@ -5,6 +5,7 @@ let STATE = { turns: [], pins: {}, tokens: [] };
 const $ = (sel) => document.querySelector(sel);
 const pct = (p) => (100 * p).toFixed(0) + "%";
 const label = (c) => c.replace(/_/g, " ");
+const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]; // class i: chart and label
 
 function status(text) { $("#status").textContent = text || ""; }
 
@@ -39,7 +40,7 @@ function renderMessages() {
 function bars(attr, probs) {
   return attr.classes.map((c, i) => `
     <div class="prob" data-class="${c}">
-      <span>${label(c)}</span>
+      <span style="color:${COLORS[i % COLORS.length]}">${label(c)}</span>
       <span class="bar"><span class="reading" style="width:${pct(probs.reading[i])}"></span>
         <span class="control" style="width:${pct(probs.control[i])}"></span></span>
       <span class="value" data-reading="${probs.reading[i].toFixed(4)}">${pct(probs.reading[i])}</span>
@@ -119,7 +120,7 @@ function renderCards() {
     const x = turns.map((_, i) => i + 1);
     const traces = attr.classes.map((c, i) => ({
       x, y: turns.map((t) => t.readings[attr.name].reading[i]), name: label(c),
-      mode: "lines+markers", line: { width: 2 }, marker: { size: 5 },
+      mode: "lines+markers", line: { width: 2, color: COLORS[i % COLORS.length] }, marker: { size: 5 },
     }));
     Plotly.react(card.querySelector(".chart"), traces, {
       margin: { l: 28, r: 4, t: 4, b: 20 }, height: 110, showlegend: false,
