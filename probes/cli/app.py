@@ -138,6 +138,7 @@ def _plugin_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from probes.cli.cache import register as register_cache
     from probes.cli.mediation import register as register_mediation
     from probes.cli.probing import register as register_probing
+    from probes.cli.readers import register as register_readers
     from probes.cli.steering import register as register_steering
 
     registrars += [
@@ -146,6 +147,7 @@ def _plugin_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
         register_steering,
         register_mediation,
         register_audit,
+        register_readers,
     ]
     return registrars
 

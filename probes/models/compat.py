@@ -102,3 +102,15 @@ def check_supported(broken_from: dict[str, str] | None = None) -> None:
                 f"give wrong results from {bad} on): install the locked versions with "
                 "`pip install -c constraints.txt -e .`"
             )
+
+
+def cache_keyword(module: Any) -> str:
+    """The keyword ``module.forward`` takes its KV cache under (``cache`` from transformers 5.24,
+    ``past_key_values`` before), so callers never trigger the deprecation shim."""
+    import inspect
+
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"

@@ -23,6 +23,7 @@ ALL_STAGES = (
     "erasure",
     "mediation",
     "audit",
+    "readers",
 )
 MEDIATION_CASES = ("dialect", "proficiency", "echo_chamber")
 PROBE_ATTRIBUTES = (

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
-import json
 import platform
 import sys
 import time
@@ -322,11 +320,11 @@ def run_main_job(options: RunOptions) -> int:
     from probes.pipeline.stage_cache import StageCache
 
     cache = StageCache(probes_home() / "stages", reuse=not options.fresh)
+    from probes.pipeline.stage_cache import model_key
+
     # the weights fingerprint does not cover the HF config (soft-cap, rope...): key on it too,
-    # but not on where the model folder is
-    hf_config = {k: v for k, v in model.hf_model.config.to_dict().items() if k != "_name_or_path"}
-    blob = json.dumps(hf_config, sort_keys=True, default=str).encode()
-    identity = {**model.describe(), "hf_config_sha256": hashlib.sha256(blob).hexdigest()}
+    # but not on where the model folder is (StageRunner drops the location)
+    identity = {**model.describe(), **model_key(model)}
     runner = StageRunner(cache, identity, out, say=_say)
     # Every stage reads the same stores (the probes stage's size, every layer, last token), so
     # a run extracts each dataset once.
@@ -385,6 +383,14 @@ def run_main_job(options: RunOptions) -> int:
             lambda: stage_audit(model, config.audit, out, tailoring, size),
         )
         seconds["audit"] = round(time.perf_counter() - t, 1)
+    if "readers" in config.stages:
+        from probes.pipeline.readers import stage_readers
+
+        t = time.perf_counter()
+        stages["readers"] = stage_readers(
+            model, config.probes.attributes, out, config.probes.size, options.fresh
+        )
+        seconds["readers"] = round(time.perf_counter() - t, 1)
     seconds["total"] = round(time.perf_counter() - start, 1)
     results = {
         "probes_version": __version__,
@@ -427,6 +433,8 @@ def run_main_job(options: RunOptions) -> int:
         print_mediation_summary(stages["mediation"])
     if "audit" in stages:
         print_audit_summary(stages["audit"])
+    if "readers" in stages:
+        print(f"\nreader bundle for the dashboard: {out / 'readers'} (probes dashboard --readers)")
     print(
         f"\nresults in {out / 'results.json'}, figures in {out / 'figures'} ({seconds['total']} s)"
     )

@@ -71,6 +71,17 @@ def model_identity(describe: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in describe.items() if k != "location"}
 
 
+def model_key(model: Any) -> dict[str, Any]:
+    """What cached results of ``model`` are keyed on: its describe() without the folder, and
+    a hash of its HF config (the weights fingerprint does not cover soft-cap, rope...)."""
+    hf_config = {k: v for k, v in model.hf_model.config.to_dict().items() if k != "_name_or_path"}
+    blob = json.dumps(hf_config, sort_keys=True, default=str).encode()
+    return {
+        **model_identity(model.describe()),
+        "hf_config_sha256": hashlib.sha256(blob).hexdigest(),
+    }
+
+
 # Strings that look like a path (a separator, or a suffix of the files a config may name) are
 # keyed by their file's content; names such as "dialect" or "auto" never are.
 PATH_SUFFIXES = frozenset({".jsonl", ".csv", ".json", ".toml", ".txt"})

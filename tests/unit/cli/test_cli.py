@@ -66,7 +66,11 @@ def test_run_on_tiny_model_writes_results_and_figures(tmp_path, capsys, monkeypa
     assert "best layer" in capsys.readouterr().out
     # every later stage ran and the report holds a section for each
     stages = results["stages"]
-    assert {"interventions", "mediation", "audit"} <= stages.keys()
+    assert {"interventions", "mediation", "audit", "readers"} <= stages.keys()
+    from probes.readers import ReaderBundle
+
+    bundle = ReaderBundle.load(out / "readers")  # the dashboard's bundle, in the run folder
+    assert set(bundle.readers) == {"dialect", "age"} and bundle.meta["size"] == 48
     assert stages["interventions"]["steering"]["sweep"]["rows"]
     assert set(stages["mediation"]) == {"dialect", "proficiency", "echo_chamber"}
     report = (out / "report.html").read_text()
