@@ -136,6 +136,7 @@ def _plugin_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from probes.cli.mediation import register as register_mediation
     from probes.cli.probing import register as register_probing
     from probes.cli.steering import register as register_steering
+    from probes.cli.vector import register as register_vector
 
     registrars += [
         register_cache,
@@ -143,6 +144,7 @@ def _plugin_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
         register_steering,
         register_mediation,
         register_audit,
+        register_vector,
     ]
     return registrars
 
