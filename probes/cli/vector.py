@@ -126,10 +126,12 @@ def _sweep(model: Any, directions: list[Any], args: argparse.Namespace, out: Pat
     """The suite's sweep (one cell per layer) and the damage of the whole band."""
     from probes.atomic import atomic_write_json
     from probes.datasets import load_behavior_items
-    from probes.interventions.steering import damage_report, sweep
+    from probes.behavior.scoring import neutral_texts, perplexity
+    from probes.interventions.hooks import steer
+    from probes.interventions.steering import sweep
 
     strengths = _floats(args.sweep)
-    items = load_behavior_items(args.attribute)
+    items = load_behavior_items(args.attribute)[: args.items]
     result = sweep(model, directions, items, strengths, progress=False)
     print(f"sweep on {len(items)} {args.attribute} items (one layer at a time):")
     print("kind       layer  strength  mean shift  flip rate  KL (nats)")
@@ -138,7 +140,15 @@ def _sweep(model: Any, directions: list[Any], args: argparse.Namespace, out: Pat
             f"{row['kind']:<9}  {row['layer']:>5}  {row['strength']:>+8g}  "
             f"{row['mean_shift']:>+10.3f}  {row['flip_rate']:>9.0%}  {row['kl_mean']:>9.3f}"
         )
-    damage = damage_report(model, directions[0], max(strengths, key=abs))
+    strongest = max(strengths, key=abs)
+    before = perplexity(model, neutral_texts())
+    with steer(model, directions, strongest):  # the whole file, every layer at once
+        after = perplexity(model, neutral_texts())
+    damage = {"strength": strongest, "perplexity_before": before, "perplexity_after": after}
+    print(
+        f"perplexity of neutral text: {before:.2f} -> {after:.2f} with the whole file at "
+        f"strength {strongest:g}"
+    )
     atomic_write_json(
         out / "results.json",
         {
@@ -181,4 +191,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i.add_argument(
         "--attribute", default="dialect", choices=sorted(STEERABLE), help="items for --sweep"
     )
+    i.add_argument("--items", type=int, default=None, help="sweep only the first N items")
     i.set_defaults(func=_handle_import)
