@@ -125,8 +125,8 @@ def _handle_import(args: argparse.Namespace) -> int:
 def _sweep(model: Any, directions: list[Any], args: argparse.Namespace, out: Path) -> None:
     """The suite's sweep (one cell per layer) and the damage of the whole band."""
     from probes.atomic import atomic_write_json
-    from probes.datasets import load_behavior_items
     from probes.behavior.scoring import neutral_texts, perplexity
+    from probes.datasets import load_behavior_items
     from probes.interventions.hooks import steer
     from probes.interventions.steering import sweep
 
