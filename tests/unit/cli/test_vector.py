@@ -84,7 +84,7 @@ def test_refusals_are_one_line(tmp_path, capsys):
     _save(tmp_path / "c", 3)
     assert main([*export, str(tmp_path / "c")]) == 0
     capsys.readouterr()
-    _one_line_error(capsys, ["vector", "import", out, "--model", "tiny-gpt2"], "4 layers")
+    _one_line_error(capsys, ["vector", "import", out, "--model", "tiny-gpt2"], "has 3 layers")
     (tmp_path / "junk.safetensors").write_bytes(b"not a file")
     _one_line_error(
         capsys, ["vector", "import", str(tmp_path / "junk.safetensors")], "not a readable"
