@@ -68,6 +68,14 @@ class Direction:
         }
         return save_artifact(path, DIRECTION_FORMAT, 1, {"vector": self.vector}, meta)
 
+    def to_gguf(self, path: str | Path, strength: float, model: Any) -> Path:
+        """Write a llama.cpp control vector whose ``--control-vector-scaled FILE 1.0`` applies
+        ``steer(model, self, strength)``; ``model`` is a LoadedModel or a
+        ``probes.vectors.ModelShape`` (see ``probes/vectors/files.py`` for the convention)."""
+        from probes.vectors.files import write_control_vector
+
+        return write_control_vector(path, [self], strength, model, "gguf")
+
     @classmethod
     def load(cls, path: str | Path) -> Direction:
         tensors, meta = load_artifact(path, DIRECTION_FORMAT, 1)

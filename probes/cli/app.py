@@ -140,6 +140,7 @@ def _plugin_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from probes.cli.probing import register as register_probing
     from probes.cli.readers import register as register_readers
     from probes.cli.steering import register as register_steering
+    from probes.cli.vector import register as register_vector
 
     registrars += [
         register_cache,
@@ -148,6 +149,7 @@ def _plugin_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
         register_mediation,
         register_audit,
         register_readers,
+        register_vector,
     ]
     return registrars
 

@@ -33,6 +33,7 @@ from probes.models.devices import (
     is_out_of_memory,
     shrinking_batches,
 )
+from probes.models.embedded_file import embedded_gguf
 from probes.models.head import OutputHead, detect_output_head
 from probes.models.loading import (
     BUILTIN_SPECS,
@@ -79,6 +80,7 @@ __all__ = [
     "default_dtype",
     "default_store_dtype",
     "detect_output_head",
+    "embedded_gguf",
     "embedded_model_dir",
     "encode",
     "free_memory_batch_size",
