@@ -172,7 +172,7 @@ def test_default_policy_parses_and_names_real_categories():
     ("text", "message"),
     [
         ("[tier1]\nmetric = 'vibes'\n", "tier1.metric"),
-        ("[tier1]\nmax_shift = -1\n", "non-negative"),
+        ("[tier1]\nmax_shift = -1\n", "must not be negative"),
         ("[tier1]\nrequire_interval = 'yes'\n", "true or false"),
         ("[tier3]\nx = 1\n", "unknown key policy.tier3"),
         ("[[tier2.rule]]\nkind = 'utility_drop'\n", "needs the key 'max'"),

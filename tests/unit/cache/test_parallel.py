@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from probes.cache import MANIFEST, PARTIAL, extract
+from probes.cache.integrity import manifest_digest
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -73,7 +74,9 @@ def test_a_partial_store_resumes_on_the_workers(cluster, tiny_gpt2, tmp_path):
         if shard not in kept:
             (store.path / shard["file"]).unlink()
     (store.path / MANIFEST).unlink()
-    (store.path / PARTIAL).write_text(json.dumps({**manifest, "complete": False, "shards": kept}))
+    partial = {**manifest, "complete": False, "shards": kept}
+    partial["digest"] = manifest_digest(partial)  # as the writer signs a partial manifest
+    (store.path / PARTIAL).write_text(json.dumps(partial))
     before = {s["file"]: (store.path / s["file"]).stat().st_mtime_ns for s in kept}
     resumed = extract(
         tiny_gpt2, PROMPTS, shard_size=5, cache_root=tmp_path, workers=2, progress=False

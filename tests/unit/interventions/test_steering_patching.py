@@ -86,9 +86,11 @@ def test_patching_known_answers_at_the_embedding_and_the_last_layer(tiny_gemma):
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(capsys, tmp_path):
-    assert main(["steer", "--model", "tiny-gemma3", "--strengths", "a,b", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as info:  # refused by argparse, before the model loads
+        main(["steer", "--model", "tiny-gemma3", "--strengths", "a,b", "--out", str(tmp_path)])
+    assert info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "comma-separated numbers" in err
+    assert err.count("\n") == 0 and "expected a number" in err
     code = main(["generate", "hi", "--model", "tiny-gemma3", "--steer", str(tmp_path / "none")])
     assert code == 2
 

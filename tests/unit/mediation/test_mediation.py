@@ -266,7 +266,6 @@ def _parse(argv):
     [
         (["--direction", "no_such_thing"], "neither a method"),
         (["--positions", "middle"], "--positions"),
-        (["--pairs", "0"], "--pairs"),
         (["--metric", "accuracy"], "--metric"),
     ],
 )
@@ -300,5 +299,13 @@ def test_cli_reads_saved_directions(tmp_path):
 def test_case_study_script_exits_2_on_bad_input(capsys):
     from probes.cli.mediation import case_study_main
 
-    assert case_study_main("dialect", "test", ["--pairs", "0", "--model", "nope"]) == 2
+    with pytest.raises(SystemExit) as info:  # refused by argparse, before the model loads
+        case_study_main("dialect", "test", ["--pairs", "0", "--model", "nope"])
+    assert info.value.code == 2
     assert "--pairs" in capsys.readouterr().err
+
+
+def test_cli_refuses_zero_pairs_while_parsing():
+    with pytest.raises(SystemExit) as info:
+        _parse(["--dataset", "dialect", "--out", "x", "--model", "nope", "--pairs", "0"])
+    assert info.value.code == 2
