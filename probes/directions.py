@@ -80,17 +80,22 @@ class Direction:
     def load(cls, path: str | Path) -> Direction:
         tensors, meta = load_artifact(path, DIRECTION_FORMAT, 1)
         with artifact_fields(path):
-            return cls(
-                vector=tensors["vector"],
-                layer=int(meta["layer"]),
-                site=str(meta["site"]),
-                method=str(meta["method"]),
-                attribute=str(meta["attribute"]),
-                source=str(meta["source"]),
-                target=str(meta["target"]),
-                typical_norm=float(meta["typical_norm"]),
-                meta=dict(meta.get("meta") or {}),
-            )
+            return cls.from_fields(tensors["vector"], meta)
+
+    @classmethod
+    def from_fields(cls, vector: Tensor, fields: dict[str, Any]) -> Direction:
+        """A direction from its vector and its saved fields (layer, site, method, ...)."""
+        return cls(
+            vector=vector,
+            layer=int(fields["layer"]),
+            site=str(fields["site"]),
+            method=str(fields["method"]),
+            attribute=str(fields["attribute"]),
+            source=str(fields["source"]),
+            target=str(fields["target"]),
+            typical_norm=float(fields["typical_norm"]),
+            meta=dict(fields.get("meta") or {}),
+        )
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -43,6 +43,18 @@ BUILTIN_FILES: dict[str, str] = {
     "belief": "belief.json",
     "personas": "personas.json",
 }
+
+# The built-in attribute datasets a probe is fitted on (every one but the persona list), in the
+# order runs and reader bundles report them.
+PROBED_DATASETS: tuple[str, ...] = (
+    "dialect_us_uk",
+    "age",
+    "gender",
+    "education",
+    "socioeconomic",
+    "proficiency",
+    "belief",
+)
 
 
 class Persona(NamedTuple):
@@ -284,9 +296,16 @@ def generate(name: str, size: int | None = None, seed: int = 0) -> Dataset:
                     for label, (text, meta) in zip(labels, members, strict=True)
                 ]
             )
+    return shuffled_dataset(name, spec["attribute"], labels, units, seed)
+
+
+def shuffled_dataset(
+    name: str, attribute: str, labels: Sequence[str], units: list[list[Example]], seed: int
+) -> Dataset:
+    """The dataset of ``units`` (twin sets, kept together) in a seeded order, validated."""
     random.Random(f"probes|{name}|{seed}|order").shuffle(units)
     examples = tuple(ex for unit in units for ex in unit)
-    ds = Dataset(name=name, attribute=spec["attribute"], labels=tuple(labels), examples=examples)
+    ds = Dataset(name=name, attribute=attribute, labels=tuple(labels), examples=examples)
     ds.validate()
     return ds
 

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from probes.datasets.builtin import _Renderer, _SetState, read_data_json, tidy_text
+from probes.datasets.builtin import (
+    _Renderer,
+    _SetState,
+    read_data_json,
+    shuffled_dataset,
+    tidy_text,
+)
 from probes.datasets.schema import Dataset, DatasetInfo, Example
 from probes.errors import DatasetError
 
@@ -244,11 +250,7 @@ def generate_conversations(name: str, size: int | None = None, seed: int = 0) ->
                     for label, (messages, meta) in zip(labels, members, strict=True)
                 ]
             )
-    random.Random(f"probes|{name}|{seed}|order").shuffle(units)
-    examples = tuple(ex for unit in units for ex in unit)
-    ds = Dataset(name=name, attribute=spec["attribute"], labels=tuple(labels), examples=examples)
-    ds.validate()
-    return ds
+    return shuffled_dataset(name, spec["attribute"], labels, units, seed)
 
 
 def conversation_info(name: str) -> DatasetInfo:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from probes.datasets.builtin import PROBED_DATASETS
 from probes.errors import ConfigError
 from probes.validate import check_device, check_dtype, config_float
 
@@ -26,15 +27,7 @@ ALL_STAGES = (
     "readers",
 )
 MEDIATION_CASES = ("dialect", "proficiency", "echo_chamber")
-PROBE_ATTRIBUTES = (
-    "dialect_us_uk",
-    "age",
-    "gender",
-    "education",
-    "socioeconomic",
-    "proficiency",
-    "belief",
-)
+PROBE_ATTRIBUTES = PROBED_DATASETS
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import torch
 from probes.cache.extraction import extract_dataset
 from probes.cache.store import ActivationStore
 from probes.datasets import RenderSpec, load_dataset
+from probes.datasets.builtin import PROBED_DATASETS
 from probes.directions import typical_norm
 from probes.errors import ProbesError
 from probes.models.loading import LoadedModel
@@ -19,15 +20,7 @@ from probes.probing.layerwise import LayerwiseResult, fit_layerwise
 from probes.probing.linear import FittedProbe, LinearProbe
 from probes.readers.bundle import Reader, ReaderBundle, reading_suffix
 
-READER_ATTRIBUTES: tuple[str, ...] = (
-    "dialect_us_uk",
-    "age",
-    "gender",
-    "education",
-    "socioeconomic",
-    "proficiency",
-    "belief",
-)
+READER_ATTRIBUTES: tuple[str, ...] = PROBED_DATASETS
 LAYER_TOLERANCE = 0.02  # the earliest layer within this much held-out accuracy of the best
 
 

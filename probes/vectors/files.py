@@ -213,17 +213,7 @@ def _restore(text: str, where: str) -> tuple[float, dict[str, Any], tuple[Direct
         if payload.get("format") != META_FORMAT or payload.get("version") != 1:
             raise ValueError("unknown format or version")
         directions = tuple(
-            Direction(
-                vector=_decode_vector(row["vector_f32_b64"]),
-                layer=int(row["layer"]),
-                site=str(row["site"]),
-                method=str(row["method"]),
-                attribute=str(row["attribute"]),
-                source=str(row["source"]),
-                target=str(row["target"]),
-                typical_norm=float(row["typical_norm"]),
-                meta=dict(row.get("meta") or {}),
-            )
+            Direction.from_fields(_decode_vector(row["vector_f32_b64"]), row)
             for row in payload["directions"]
         )
         return float(payload["strength"]), dict(payload.get("model") or {}), directions
