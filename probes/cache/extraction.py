@@ -80,23 +80,9 @@ def extract(
     model: LoadedModel,
     prompts: Sequence[str],
     *,
-    layers: Sequence[int] | str | None = None,
-    sites: Sequence[str] | str = ("resid_post",),
     position: str | PositionSpec = "last",
     suffix: str | None = None,
-    dtype: str | None = None,
-    batch_size: int | str = 16,
-    metadata: Sequence[dict[str, Any]] | None = None,
-    rendering: str | dict[str, Any] = "raw",
-    dataset_hash: str | None = None,
-    cache_root: str | Path | None = None,
-    shard_size: int = 256,
-    padding_side: str = "right",
-    progress: bool = True,
-    max_tokens: int | None = None,
-    truncate: str = "right",
-    workers: int = 1,
-    ray_address: str | None = None,
+    **kwargs: Any,
 ) -> ActivationStore:
     """Run ``model`` on rendered ``prompts`` and store activations at the chosen positions.
 
@@ -111,6 +97,40 @@ def extract(
     any batch that runs out of memory is halved and retried, never a crash. ``workers > 1`` (or
     a ``ray_address``) extracts the missing shards on a Ray actor pool, one model replica per
     worker, into the same store with the same bytes (``probes.cache.parallel``).
+    Other keywords are those of :func:`extract_positions`.
+    """
+    return extract_positions(model, prompts, [parse_position(position, suffix)], **kwargs)[0]
+
+
+def extract_positions(
+    model: LoadedModel,
+    prompts: Sequence[str],
+    positions: Sequence[str | PositionSpec],
+    *,
+    layers: Sequence[int] | str | None = None,
+    sites: Sequence[str] | str = ("resid_post",),
+    suffix: str | None = None,
+    dtype: str | None = None,
+    batch_size: int | str = 16,
+    metadata: Sequence[dict[str, Any]] | None = None,
+    rendering: str | dict[str, Any] = "raw",
+    dataset_hash: str | None = None,
+    cache_root: str | Path | None = None,
+    shard_size: int = 256,
+    padding_side: str = "right",
+    progress: bool = True,
+    max_tokens: int | None = None,
+    truncate: str = "right",
+    workers: int = 1,
+    ray_address: str | None = None,
+) -> list[ActivationStore]:
+    """One store per read-out position, all from one forward pass over ``prompts``.
+
+    Each store is the same content-addressed store, with the same bytes, as :func:`extract` at
+    that position alone: stores already cached are returned as they are, and only the missing
+    ones (or their missing shards) cost model work, shared between them. The positions must
+    read the same token sequences ("last", "mean" and "index" do; each read-out suffix makes
+    its own sequences, so a suffix position goes with no other).
     """
     prompts = list(prompts)
     if not prompts:
@@ -131,9 +151,17 @@ def extract(
     check_int("shard_size", shard_size)
     if padding_side not in ("left", "right"):
         raise ProbesError("padding_side must be 'left' or 'right'")
-    spec = parse_position(position, suffix)
-    if spec.kind == "index" and len(spec.indices or ()) != len(prompts):
-        raise ProbesError("position 'index' needs exactly one index per prompt")
+    specs = [parse_position(p, suffix) for p in positions]
+    if not specs:
+        raise ProbesError("name at least one position to extract")
+    if len({json.dumps(s.key(), sort_keys=True) for s in specs}) < len(specs):
+        raise ProbesError(f"positions repeat: {[s.kind for s in specs]}")
+    if len(specs) > 1 and any(s.kind == "suffix" for s in specs):
+        raise ProbesError("a suffix position reads its own token sequences: extract it alone")
+    for spec in specs:
+        if spec.kind == "index" and len(spec.indices or ()) != len(prompts):
+            raise ProbesError("position 'index' needs exactly one index per prompt")
+    spec = specs[0]  # every spec reads the same token sequences
     truncation = truncation_key(max_tokens, truncate)
     context = model.context_length
     if truncation is not None:
@@ -141,35 +169,40 @@ def extract(
             raise ProbesError(
                 f"max_tokens {max_tokens} is more than {model.name}'s context of {context}"
             )
-        if spec.kind == "index" or (spec.kind == "suffix" and truncate == "right"):
-            raise ProbesError(
-                f"truncating from the {truncate} would cut the positions read by "
-                f"position {spec.kind!r}: use truncate='left' (--truncate left)"
-            )
+        for cut in specs:
+            if cut.kind == "index" or (cut.kind == "suffix" and truncate == "right"):
+                raise ProbesError(
+                    f"truncating from the {truncate} would cut the positions read by "
+                    f"position {cut.kind!r}: use truncate='left' (--truncate left)"
+                )
     layer_list = parse_layers(layers, model.n_layers)
     site_list = parse_sites(sites)
 
-    request = {
+    base = {
         "model": {"name": model.name, "fingerprint": model.fingerprint},
         "dataset_hash": dataset_hash or prompts_hash(prompts, metadata),
         "rendering": rendering,
         "sites": site_list,
         "layers": layer_list,
-        "position": spec.key(),
-        "dtype": dtype,
-        "n_rows": len(prompts),
-        "d_model": model.d_model,
-        "shard_size": shard_size,
     }
+    tail = {"dtype": dtype, "n_rows": len(prompts), "d_model": model.d_model}
+    requests = [{**base, "position": s.key(), **tail, "shard_size": shard_size} for s in specs]
     if truncation is not None:  # only then, so stores made without it keep their keys
-        request["truncation"] = truncation
-    folder = Path(cache_root or default_cache_root()) / request_key(request)
+        for request in requests:
+            request["truncation"] = truncation
+    root = Path(cache_root or default_cache_root())
+    folders = [root / request_key(request) for request in requests]
     table = [
         {"row": i, "text": prompts[i], **(metadata[i] if metadata is not None else {})}
         for i in range(len(prompts))
     ]
-    if (folder / MANIFEST).is_file():
-        return _cache_hit(folder, request, table)
+    stores: list[ActivationStore | None] = [
+        _cache_hit(folder, request, table) if (folder / MANIFEST).is_file() else None
+        for folder, request in zip(folders, requests, strict=True)
+    ]
+    missing = [i for i, store in enumerate(stores) if store is None]
+    if not missing:
+        return [store for store in stores if store is not None]
 
     texts = spec.apply_to_texts(prompts)
     token_ids = encode(model.tokenizer, texts)
@@ -189,15 +222,26 @@ def extract(
         torch.empty((), dtype=model.dtype).element_size(),
         budget.available_memory(),
     )
-    writer = StoreWriter(folder, request, table)
+    writers = {i: StoreWriter(folders[i], requests[i], table) for i in missing}
+    needed = {
+        index: [i for i in missing if not writers[i].done(index)]
+        for index, _, _ in iter_shards(len(prompts), shard_size)
+    }
     total_tokens = sum(len(ids) for ids in token_ids)
     done_tokens = sum(
         len(token_ids[r])
         for index, start, end in iter_shards(len(prompts), shard_size)
-        if writer.done(index)
+        if not needed[index]
         for r in range(start, end)
     )
-    capture = _Capture(model, site_list, layer_list, resolve_dtype(dtype), spec, padding_side)
+    wanted = [specs[i] for i in missing]
+    capture = _Capture(model, site_list, layer_list, resolve_dtype(dtype), wanted, padding_side)
+
+    def write(index: int, start: int, end: int, tensors: list[dict[str, torch.Tensor]]) -> None:
+        for i, shard in zip(missing, tensors, strict=True):
+            if i in needed[index]:
+                writers[i].write_shard(index, (start, end), shard)
+
     with tqdm(
         total=total_tokens,
         initial=done_tokens,
@@ -206,23 +250,25 @@ def extract(
         desc=f"extract {model.name}",
         disable=not progress,
     ) as bar:
-        pending = [s for s in iter_shards(len(prompts), shard_size) if not writer.done(s[0])]
+        pending = [s for s in iter_shards(len(prompts), shard_size) if needed[s[0]]]
         if workers > 1 or ray_address:
             from probes.cache.parallel import run_shards_on_ray
 
-            setup = (site_list, layer_list, dtype, spec, padding_side)
+            setup = (site_list, layer_list, dtype, wanted, padding_side)
             for index, (start, end), tensors in run_shards_on_ray(
                 model, pending, token_ids, setup, int(batch_size), workers, ray_address
             ):
-                writer.write_shard(index, (start, end), tensors)
+                write(index, start, end, tensors)
                 bar.update(sum(len(token_ids[r]) for r in range(start, end)))
             pending = []
         for index, start, end in pending:
             rows = list(range(start, end))
             tensors = capture.run(rows, token_ids, int(batch_size), on_batch=bar.update)
             batch_size = capture.batch_size  # smaller from now on if a batch ran out of memory
-            writer.write_shard(index, (start, end), tensors)
-    return writer.finish()
+            write(index, start, end, tensors)
+    for i in missing:
+        stores[i] = writers[i].finish()
+    return [store for store in stores if store is not None]
 
 
 def _cache_hit(
@@ -273,17 +319,17 @@ class _Capture:
         sites: list[str],
         layers: list[int],
         store_dtype: torch.dtype,
-        spec: PositionSpec,
+        specs: Sequence[PositionSpec],
         padding_side: str,
     ):
         self.model = model
-        self.spec = spec
+        self.specs = list(specs)  # every spec reads the same token sequences
         self.padding_side = padding_side
         self.store_dtype = store_dtype
         self.targets = [(site, layer) for layer in layers for site in sites]
         self.last = max(self.targets, key=lambda t: (t[1], SITE_ORDER[t[0]]))
-        self.buffers: dict[str, torch.Tensor] = {}
-        self.selection: torch.Tensor | None = None
+        self.buffers: list[dict[str, torch.Tensor]] = []
+        self.selections: list[torch.Tensor] = []
         self.slots: torch.Tensor | None = None
         self.batch_size = 0
 
@@ -292,9 +338,10 @@ class _Capture:
         is_last = (site, layer) == self.last
 
         def hook(acts: torch.Tensor, hook: Any) -> None:
-            assert self.selection is not None and self.slots is not None
-            picked = gather_positions(acts, self.selection)
-            self.buffers[name][self.slots] = picked.to("cpu", self.store_dtype)
+            assert self.slots is not None
+            for selection, buffers in zip(self.selections, self.buffers, strict=True):
+                picked = gather_positions(acts, selection)
+                buffers[name][self.slots] = picked.to("cpu", self.store_dtype)
             if is_last:
                 raise _StopForward
 
@@ -307,12 +354,18 @@ class _Capture:
         token_ids: Sequence[list[int]] | Mapping[int, list[int]],
         batch_size: int,
         on_batch: Callable[[int], Any],
-    ) -> dict[str, torch.Tensor]:
+    ) -> list[dict[str, torch.Tensor]]:
+        """One shard's tensors per spec (``{tensor name: [rows, d_model]}``)."""
         model = self.model
-        self.buffers = {
-            tensor_name(site, layer): torch.empty(len(rows), model.d_model, dtype=self.store_dtype)
-            for site, layer in self.targets
-        }
+        self.buffers = [
+            {
+                tensor_name(site, layer): torch.empty(
+                    len(rows), model.d_model, dtype=self.store_dtype
+                )
+                for site, layer in self.targets
+            }
+            for _ in self.specs
+        ]
         hooks = [
             (SITE_HOOKS[site].format(layer=layer), self._hook(site, layer))
             for site, layer in self.targets
@@ -330,9 +383,11 @@ class _Capture:
                 [int(bos is not None and len(s) > 0 and s[0] == bos) for s in seqs],
                 device=model.device,
             )
-            self.selection = selection_weights(
-                self.spec, batch.attention_mask, skip_first, rows=[rows[k] for k in slots]
-            )
+            batch_rows = [rows[k] for k in slots]
+            self.selections = [
+                selection_weights(spec, batch.attention_mask, skip_first, rows=batch_rows)
+                for spec in self.specs
+            ]
             self.slots = torch.as_tensor(slots)
             with suppress(_StopForward):
                 body(**batch.model_kwargs(), use_cache=False)
@@ -340,26 +395,16 @@ class _Capture:
 
         with model.bridge.hooks(fwd_hooks=hooks), fast_attention(model.hf_model):
             self.batch_size = shrinking_batches(order, batch_size, run_batch, _warn_shrink)
-        out, self.buffers = self.buffers, {}
+        out, self.buffers = self.buffers, []
         return out
 
 
-def extract_dataset(
-    model: LoadedModel,
-    dataset: Any,
-    *,
-    render_spec: Any = None,
-    **kwargs: Any,
-) -> ActivationStore:
-    """Render a ``probes.datasets.Dataset`` and extract it; labels, groups and ids go in the table.
-
-    The rendering (frame, suffix) and the dataset's content hash are part of the cache key.
-    """
+def _dataset_request(model: LoadedModel, dataset: Any, render_spec: Any) -> dict[str, Any]:
+    """The rendered prompts, metadata rows, rendering key and content hash of a dataset."""
     from probes.datasets import RenderSpec, render
     from probes.datasets.render import RENDER_VERSION
 
     spec = render_spec or RenderSpec()
-    prompts = render(dataset, spec, tokenizer=model.tokenizer)
     metadata = [
         {
             "id": ex.id,
@@ -377,11 +422,36 @@ def extract_dataset(
         "labels": list(dataset.labels),
         "version": RENDER_VERSION,
     }
-    return extract(
-        model,
-        prompts,
-        metadata=metadata,
-        rendering=rendering,
-        dataset_hash=dataset.content_hash(),
-        **kwargs,
-    )
+    return {
+        "prompts": render(dataset, spec, tokenizer=model.tokenizer),
+        "metadata": metadata,
+        "rendering": rendering,
+        "dataset_hash": dataset.content_hash(),
+    }
+
+
+def extract_dataset(
+    model: LoadedModel,
+    dataset: Any,
+    *,
+    render_spec: Any = None,
+    **kwargs: Any,
+) -> ActivationStore:
+    """Render a ``probes.datasets.Dataset`` and extract it; labels, groups and ids go in the table.
+
+    The rendering (frame, suffix) and the dataset's content hash are part of the cache key.
+    """
+    return extract(model, **_dataset_request(model, dataset, render_spec), **kwargs)
+
+
+def extract_dataset_positions(
+    model: LoadedModel,
+    dataset: Any,
+    positions: Sequence[str | PositionSpec],
+    *,
+    render_spec: Any = None,
+    **kwargs: Any,
+) -> list[ActivationStore]:
+    """:func:`extract_dataset` at several positions in one forward pass (one store each)."""
+    request = _dataset_request(model, dataset, render_spec)
+    return extract_positions(model, positions=positions, **request, **kwargs)

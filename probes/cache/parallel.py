@@ -39,14 +39,14 @@ class ShardWorker:
                 f"worker loaded {spec} with fingerprint {self.model.fingerprint}, "
                 f"not the driver's {fingerprint}: every machine needs the same weights"
             )
-        sites, layers, store_dtype, position, padding_side = capture
+        sites, layers, store_dtype, positions, padding_side = capture
         self.capture = _Capture(
-            self.model, sites, layers, resolve_dtype(store_dtype), position, padding_side
+            self.model, sites, layers, resolve_dtype(store_dtype), positions, padding_side
         )
 
     def shard(
         self, index: int, rows: list[int], ids: list[list[int]], batch_size: int
-    ) -> tuple[int, dict[str, torch.Tensor]]:
+    ) -> tuple[int, list[dict[str, torch.Tensor]]]:
         marker = os.environ.get(KILL_ONCE_ENV)
         if marker and index == 1 and Path(f"{marker}.armed").exists() and not Path(marker).exists():
             Path(marker).write_text(str(os.getpid()))
@@ -74,8 +74,9 @@ def run_shards_on_ray(
     batch_size: int,
     workers: int,
     ray_address: str | None = None,
-) -> Iterator[tuple[int, tuple[int, int], dict[str, torch.Tensor]]]:
-    """Yield ``(index, (start, end), tensors)`` for every shard, in completion order."""
+) -> Iterator[tuple[int, tuple[int, int], list[dict[str, torch.Tensor]]]]:
+    """Yield ``(index, (start, end), tensors per position)`` for every shard, in completion
+    order."""
     ray = _ray()
     if not ray.is_initialized():
         if ray_address:

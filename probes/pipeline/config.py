@@ -59,10 +59,11 @@ class TransferStageConfig:
     leave-one-style-out; the test is the hand-written held-out corpus."""
 
     # The grid of read-out positions ("last", "mean", "suffix") and frames ("raw", "chat",
-    # "template"). Every extra setting re-extracts every style, the 600-row templated set
-    # included, so the default run keeps one (its 15-minute budget); name more to choose.
+    # "template"). "last" and "mean" read the same tokens, so they share one forward pass (the
+    # probes stage extracts the templated sets at both); a suffix or another frame re-extracts
+    # every style, the 600-row templated set included (beyond the default run's budget).
     attributes: tuple[str, ...] = ()  # which probed attributes (empty: every one)
-    positions: tuple[str, ...] = ("last",)
+    positions: tuple[str, ...] = ("last", "mean")
     frames: tuple[str, ...] = ("raw",)
     Cs: tuple[float, ...] = (0.1, 1.0, 10.0)
     conversation_size: int = 48

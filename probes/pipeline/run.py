@@ -7,6 +7,7 @@ import functools
 import platform
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 from probes import __version__
 from probes.atomic import atomic_write_json, make_dirs
 from probes.models.loading import LoadedModel
-from probes.pipeline.config import ProbeStageConfig
+from probes.pipeline.config import ProbeStageConfig, RunConfig
 from probes.pipeline.stage_cache import StageRunner
 
 # A first look at implicit personalization: the same request with UK vs US cues, and whether the
@@ -87,10 +88,31 @@ def probe_layers(model: LoadedModel, cfg: ProbeStageConfig) -> list[int] | None:
     return None
 
 
-def stage_probes(model: LoadedModel, cfg: ProbeStageConfig, runner: StageRunner) -> dict[str, Any]:
+def shared_positions(config: RunConfig) -> dict[str, tuple[str, ...]]:
+    """Per attribute, the positions the transfer stage reads from the probes stage's templated
+    set, which the probes stage then extracts in its own forward pass (same frame and size)."""
+    from probes.pipeline.transfer import transfers
+
+    pcfg, tcfg = config.probes, config.transfer
+    if "transfer" not in config.stages or pcfg.frame not in tcfg.frames:
+        return {}
+    if tcfg.template_size not in (None, pcfg.size):
+        return {}
+    extra = tuple(p for p in tcfg.positions if p not in ("suffix", pcfg.position))
+    return {name: extra for name in pcfg.attributes if extra and transfers(name, tcfg)}
+
+
+def stage_probes(
+    model: LoadedModel,
+    cfg: ProbeStageConfig,
+    runner: StageRunner,
+    also_positions: Mapping[str, tuple[str, ...]] | None = None,
+) -> dict[str, Any]:
     """Layer-wise probes with controls for every configured attribute, and their figures.
 
-    Each attribute is its own cached unit, so adding one to the config redoes only that one."""
+    Each attribute is its own cached unit, so adding one to the config redoes only that one.
+    ``also_positions`` (per attribute) are read in the same forward pass and kept as stores for
+    a later stage (the transfer stage's "mean"): they change no probe, so no unit's key."""
     from dataclasses import asdict
 
     from probes.probing.layerwise import LayerwiseResult
@@ -111,7 +133,14 @@ def stage_probes(model: LoadedModel, cfg: ProbeStageConfig, runner: StageRunner)
             "probes",
             inputs,
             functools.partial(
-                _probe_attribute, model, cfg, layers, name, with_reading, runner.out / "figures"
+                _probe_attribute,
+                model,
+                cfg,
+                layers,
+                name,
+                with_reading,
+                runner.out / "figures",
+                (also_positions or {}).get(name, ()),
             ),
         )
         fitted.append(unit["result"])
@@ -133,12 +162,13 @@ def _probe_attribute(
     name: str,
     with_reading: bool,
     figures: Path,
+    also_positions: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Extract (or reuse) one attribute's store, fit its probes, draw its figures.
 
     The store holds every layer whichever layers are probed: extraction runs the whole body
     anyway, and the later stages (directions, erasure, mediation, audit read-out) reuse it."""
-    from probes.cache.extraction import extract_dataset
+    from probes.cache.extraction import extract_dataset, extract_dataset_positions
     from probes.datasets import RenderSpec, load_dataset
     from probes.probing.layerwise import LayerwiseResult, fit_layerwise
     from probes.viz.export import save_figure
@@ -153,7 +183,12 @@ def _probe_attribute(
         store_args.update(workers=cfg.workers, ray_address=cfg.ray_address)
 
     def probe(dataset: Any, **position: Any) -> LayerwiseResult:
-        store = extract_dataset(model, dataset, **position, **store_args)
+        extra = [p for p in also_positions if p != position["position"]]
+        if extra and position["position"] != "suffix":
+            positions = [position["position"], *extra]
+            store = extract_dataset_positions(model, dataset, positions, **store_args)[0]
+        else:
+            store = extract_dataset(model, dataset, **position, **store_args)
         return fit_layerwise(
             store,
             n_folds=cfg.folds,
@@ -338,7 +373,7 @@ def run_main_job(options: RunOptions) -> int:
         seconds["first_look"] = round(time.perf_counter() - t, 1)
     if "probes" in config.stages:
         t = time.perf_counter()
-        stages["probes"] = stage_probes(model, config.probes, runner)
+        stages["probes"] = stage_probes(model, config.probes, runner, shared_positions(config))
         seconds["probes"] = round(time.perf_counter() - t, 1)
     if "transfer" in config.stages:
         from probes.pipeline.transfer import stage_transfer

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,25 +72,29 @@ def _styles_for(name: str, cfg: TransferStageConfig, pcfg: ProbeStageConfig) -> 
     }
 
 
-def _store(model: LoadedModel, dataset: Any, setting: str, pcfg: ProbeStageConfig) -> Any:
-    """One dataset's all-layer store at a setting (``position/frame``)."""
-    from probes.cache.extraction import extract_dataset
+def _stores(
+    model: LoadedModel, dataset: Any, settings: Sequence[str], pcfg: ProbeStageConfig
+) -> dict[str, Any]:
+    """One dataset's all-layer store per setting (``position/frame``); the positions of one
+    frame that read the same tokens ("last", "mean") share one forward pass."""
+    from probes.cache.extraction import extract_dataset, extract_dataset_positions
     from probes.datasets import RenderSpec
 
-    position, frame = setting.split("/")
-    extra: dict[str, Any] = {}
-    if position == "suffix":
-        extra["suffix"] = READ_OUT_SUFFIX.format(attribute=dataset.attribute.replace("_", " "))
-    return extract_dataset(
-        model,
-        dataset,
-        position=position,
-        render_spec=RenderSpec(frame=frame),  # type: ignore[arg-type]
-        layers="all",
-        batch_size=pcfg.batch_size,
-        progress=False,
-        **extra,
-    )
+    common: dict[str, Any] = {"layers": "all", "batch_size": pcfg.batch_size, "progress": False}
+    out: dict[str, Any] = {}
+    for frame in dict.fromkeys(s.split("/")[1] for s in settings):
+        spec = RenderSpec(frame=frame)  # type: ignore[arg-type]
+        positions = [s.split("/")[0] for s in settings if s.split("/")[1] == frame]
+        shared = [p for p in positions if p != "suffix"]
+        if shared:
+            stores = extract_dataset_positions(model, dataset, shared, render_spec=spec, **common)
+            out.update({f"{p}/{frame}": st for p, st in zip(shared, stores, strict=True)})
+        if "suffix" in positions:
+            suffix = READ_OUT_SUFFIX.format(attribute=dataset.attribute.replace("_", " "))
+            out[f"suffix/{frame}"] = extract_dataset(
+                model, dataset, position="suffix", suffix=suffix, render_spec=spec, **common
+            )
+    return {s: out[s] for s in settings}
 
 
 def transfer_attribute(
@@ -108,10 +113,7 @@ def transfer_attribute(
     settings = [setting_key(p, f) for p in cfg.positions for f in cfg.frames]
     sizes = {k: len(ds) for k, ds in parts["styles"].items()}
     _say(f"transfer: {name}, styles {sizes}, settings {settings}, C {list(cfg.Cs)}")
-    styles = [
-        Style(k, {s: _store(model, ds, s, pcfg) for s in settings})
-        for k, ds in parts["styles"].items()
-    ]
+    styles = [Style(k, _stores(model, ds, settings, pcfg)) for k, ds in parts["styles"].items()]
     selection = select_settings(
         styles,
         validation=parts["validation"],
@@ -120,7 +122,8 @@ def transfer_attribute(
         attribute=parts["styles"]["templated"].attribute,
     )
     _say(f"transfer: {name} chose {selection.reason}")
-    test_store = _store(model, parts["test"], selection.chosen["setting"], pcfg)
+    chosen = selection.chosen["setting"]
+    test_store = _stores(model, parts["test"], [chosen], pcfg)[chosen]
     report = score_on_test(
         selection, styles, test_store, test_name=parts["test_name"], n_boot=cfg.n_boot
     )
@@ -155,7 +158,8 @@ def readout(
     examples = tuple(item.as_example() for item in items)
     labels = tuple(dict.fromkeys(ex.label for ex in examples))
     ds = Dataset(f"{attribute}_behaviour", examples[0].attribute, labels, examples)
-    store = _store(model, ds, selection.chosen["setting"], pcfg)
+    chosen = selection.chosen["setting"]
+    store = _stores(model, ds, [chosen], pcfg)[chosen]
     reading = probe_readings(selection, styles, store, cues.raising)
     tailoring = behavior_log_odds(model, items).double().numpy()
     clusters = [item.pair_id or item.id for item in items]
@@ -174,6 +178,11 @@ def readout(
         "reading": [float(v) for v in reading],
         "tailoring": [float(v) for v in tailoring],
     }
+
+
+def transfers(name: str, cfg: TransferStageConfig) -> bool:
+    """Whether the transfer stage covers a probed attribute dataset."""
+    return name != "personas" and (not cfg.attributes or name in cfg.attributes)
 
 
 def stage_transfer(
@@ -198,7 +207,7 @@ def stage_transfer(
     inputs = {"settings": settings, "probes": probe_settings, "layers": layers}
     results: dict[str, Any] = {}
     for name in pcfg.attributes:
-        if name == "personas" or (cfg.attributes and name not in cfg.attributes):
+        if not transfers(name, cfg):
             continue
         results[name] = runner.run(
             f"transfer: {name}",

@@ -14,7 +14,7 @@ def test_defaults_and_quick():
     assert quick.probes.size == QUICK_OVERRIDES["size"]
     assert config.audit.mitigation and not quick.audit.mitigation  # quick skips the 2nd pass
     assert config.interventions.damage_and_samples and not quick.interventions.damage_and_samples
-    assert "transfer" in config.stages and config.transfer.positions == ("last",)
+    assert "transfer" in config.stages and config.transfer.positions == ("last", "mean")
     assert quick.transfer.conversation_size < config.transfer.conversation_size
 
 

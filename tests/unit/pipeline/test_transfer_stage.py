@@ -31,7 +31,8 @@ def test_stage_chooses_on_other_styles_and_scores_the_held_out_corpus(
     selection, report = unit["selection"], unit["report"]
     assert unit["style_sizes"] == {"templated": 16, "conversations": 8, "chatty": 40}
     assert selection["validation"] == ["conversations", "chatty"]
-    assert selection["chosen"]["layer"] in (1, 3) and len(selection["grid"]) == 2
+    assert selection["chosen"]["layer"] in (1, 3) and len(selection["grid"]) == 4
+    assert {r["setting"] for r in selection["grid"]} == {"last/raw", "mean/raw"}
     assert "the test set was not used" in selection["reason"]
     assert report["test"] == "held-out corpus"
     assert report["n_test"] == len(heldout_corpus("dialect_us_uk"))
@@ -68,3 +69,32 @@ def test_the_summary_warns_when_in_distribution_is_far_above_transfer() -> None:
     near = {"education": {"accuracy": 0.65, "best_layer": 12}}
     assert transfer_row("education", unit, far)["warning"]
     assert not transfer_row("education", unit, near)["warning"]
+
+
+def test_the_probes_stage_extracts_the_transfer_positions_in_its_own_pass(tiny_gemma, home):
+    from probes.cache.extraction import extract_dataset
+    from probes.datasets import load_dataset
+    from probes.pipeline.run import shared_positions, stage_probes
+
+    config = load_config(quick=True)
+    assert shared_positions(config) == {"dialect_us_uk": ("mean",)}  # --quick transfers dialect
+    assert shared_positions(replace(config, stages=("probes",))) == {}
+    probes = replace(config.probes, attributes=("dialect_us_uk",), size=16, folds=2, n_boot=20)
+    runner = StageRunner(None, tiny_gemma.describe(), home / "run", say=print)
+    stage_probes(tiny_gemma, probes, runner, {"dialect_us_uk": ("mean",)})
+    calls: list[int] = []
+    handle = tiny_gemma.hf_model.base_model.register_forward_pre_hook(
+        lambda *a, **k: calls.append(1)
+    )
+    try:  # the transfer stage's templated store at "mean" is already there
+        extract_dataset(
+            tiny_gemma,
+            load_dataset("dialect_us_uk", size=16, seed=probes.seed),
+            position="mean",
+            layers="all",
+            batch_size=probes.batch_size,
+            progress=False,
+        )
+    finally:
+        handle.remove()
+    assert calls == []
