@@ -9,12 +9,14 @@ from typing import Any
 
 import torch
 
-from probes.cache.extraction import extract_dataset
+from probes.cache.extraction import extract_dataset_positions
+from probes.cache.positions import PositionSpec
 from probes.cache.store import ActivationStore
-from probes.datasets import RenderSpec, load_dataset
+from probes.datasets import RenderSpec, load_dataset, render
 from probes.datasets.builtin import PROBED_DATASETS
 from probes.directions import typical_norm
 from probes.errors import ProbesError
+from probes.models.batching import encode
 from probes.models.loading import LoadedModel
 from probes.probing.layerwise import LayerwiseResult, fit_layerwise
 from probes.probing.linear import FittedProbe, LinearProbe
@@ -36,6 +38,24 @@ def choose_layer(result: LayerwiseResult, tolerance: float = LAYER_TOLERANCE) ->
     ``tolerance``."""
     best = max(r["accuracy"] for r in result.rows)
     return int(min(r["layer"] for r in result.rows if r["accuracy"] >= best - tolerance))
+
+
+def prompt_ends(
+    model: LoadedModel, dataset: Any, plain: RenderSpec, suffixed: RenderSpec
+) -> tuple[int, ...]:
+    """Per row, the index of the prompt's last token inside the tokens of prompt + suffix (the
+    end of their common prefix, should the suffix's first token merge with the prompt's last)."""
+    prompts = render(dataset, plain, tokenizer=model.tokenizer)
+    joined = render(dataset, suffixed, tokenizer=model.tokenizer)
+    ends = []
+    for alone, both in zip(
+        encode(model.tokenizer, prompts), encode(model.tokenizer, joined), strict=True
+    ):
+        common = 0
+        while common < min(len(alone), len(both)) and alone[common] == both[common]:
+            common += 1
+        ends.append(max(common - 1, 0))
+    return tuple(ends)
 
 
 def _final_probe(store: ActivationStore, layer: int, C: float, attribute: str) -> FittedProbe:
@@ -85,13 +105,16 @@ def train_reader(
     spec_frame = frame or chat_frame(model.tokenizer)
     suffix = reading_suffix(dataset.attribute)
     common: dict[str, Any] = {"layers": "all", "batch_size": batch_size, "progress": progress}
-    last = extract_dataset(model, dataset, render_spec=RenderSpec(spec_frame), **common)  # type: ignore[arg-type]
-    read = extract_dataset(
+    # One pass over prompt + suffix reads both probes: the suffix's last token, and the prompt's
+    # last token (causal attention: the same activations as the prompt alone, as the dashboard
+    # reads them from its cache before it appends the suffix).
+    suffixed = RenderSpec(spec_frame, suffix=suffix)  # type: ignore[arg-type]
+    ends = prompt_ends(model, dataset, RenderSpec(spec_frame), suffixed)  # type: ignore[arg-type]
+    read, last = extract_dataset_positions(
         model,
         dataset,
-        render_spec=RenderSpec(spec_frame),  # type: ignore[arg-type]
-        position="suffix",
-        suffix=suffix,
+        ["last", PositionSpec("index", indices=ends)],
+        render_spec=suffixed,
         **common,
     )
     fits = {

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from probes.cache.positions import PositionSpec
 from probes.cli import main
 from probes.errors import ProbesError
 from probes.readers import ReaderBundle, chat_frame, train_readers
@@ -128,3 +129,31 @@ def test_a_port_in_use_is_one_line(capsys):
         port = busy.getsockname()[1]
         assert main(["dashboard", "--model", "tiny-gemma3", "--port", str(port)]) == 2
     assert "pass --port" in capsys.readouterr().err
+
+
+def test_one_pass_reads_the_control_at_the_prompts_last_token(tiny_gemma, tmp_path):
+    """The control probe's rows, read inside prompt + suffix, are the prompt's own last-token
+    activations (causal attention), and the reading rows are the suffix's last token."""
+    from probes.cache.extraction import extract_dataset
+    from probes.datasets import RenderSpec, load_dataset, render
+    from probes.models.batching import encode
+    from probes.readers.bundle import reading_suffix
+    from probes.readers.train import prompt_ends
+
+    dataset = load_dataset("age", size=12)
+    plain = RenderSpec("chat")
+    suffixed = RenderSpec("chat", suffix=reading_suffix(dataset.attribute))
+    ends = prompt_ends(tiny_gemma, dataset, plain, suffixed)
+    lengths = [len(ids) for ids in encode(tiny_gemma.tokenizer, render(dataset, plain))]
+    assert list(ends) == [n - 1 for n in lengths]  # the suffix never merges with the prompt
+    common = {"layers": "all", "progress": False, "cache_root": tmp_path}
+    alone = extract_dataset(tiny_gemma, dataset, render_spec=plain, **common)
+    inside = extract_dataset(
+        tiny_gemma,
+        dataset,
+        render_spec=suffixed,
+        position=PositionSpec("index", indices=ends),
+        **common,
+    )
+    for layer in alone.layers:
+        torch.testing.assert_close(inside.get(layer), alone.get(layer), atol=1e-5, rtol=1e-4)
