@@ -113,6 +113,14 @@ class AuditStageConfig:
 
 
 @dataclass(frozen=True)
+class ReadersStageConfig:
+    """The dashboard's reader bundle, fitted (or reused from the cache) into the run folder."""
+
+    attributes: tuple[str, ...] = ()  # which probed attributes (empty: every one)
+    size: int | None = None  # examples per attribute (None: the probes stage's, else 256)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """The whole main job."""
 
@@ -125,6 +133,7 @@ class RunConfig:
     interventions: InterventionStageConfig = field(default_factory=InterventionStageConfig)
     mediation: MediationStageConfig = field(default_factory=MediationStageConfig)
     audit: AuditStageConfig = field(default_factory=AuditStageConfig)
+    readers: ReadersStageConfig = field(default_factory=ReadersStageConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,12 +159,15 @@ QUICK_INTERVENTIONS = {
 }
 QUICK_MEDIATION = {"n_boot": 300, "n_perm": 1000, "layers": "auto-tiny", "pairs": 6}
 QUICK_AUDIT = {"max_items": 4, "n_boot": 300, "n_perm": 300, "mitigation": False}
+# --quick fits the dialect reader only (the others are two chat-frame passes each).
+QUICK_READERS = {"attributes": ("dialect_us_uk",)}
 SECTIONS = {
     "probes": ProbeStageConfig,
     "transfer": TransferStageConfig,
     "interventions": InterventionStageConfig,
     "mediation": MediationStageConfig,
     "audit": AuditStageConfig,
+    "readers": ReadersStageConfig,
 }
 
 
@@ -236,6 +248,7 @@ def load_config(
             ("interventions", QUICK_INTERVENTIONS),
             ("mediation", QUICK_MEDIATION),
             ("audit", QUICK_AUDIT),
+            ("readers", QUICK_READERS),
         ):
             given = tables[name]
             sections[name] = replace(
@@ -301,6 +314,8 @@ def _validate(config: RunConfig) -> None:
     if config.probes.folds < 2:
         raise ConfigError("probes.folds must be at least 2")
     _validate_transfer(config.transfer)
+    if any(a not in PROBE_ATTRIBUTES for a in config.readers.attributes):
+        raise ConfigError(f"readers.attributes must be among {', '.join(PROBE_ATTRIBUTES)}")
     steer = config.interventions
     if steer.attribute not in ("dialect", "belief"):
         raise ConfigError("interventions.attribute must be dialect or belief")

@@ -422,8 +422,13 @@ def run_main_job(options: RunOptions) -> int:
         from probes.pipeline.readers import stage_readers
 
         t = time.perf_counter()
+        readers = config.readers
         stages["readers"] = stage_readers(
-            model, config.probes.attributes, out, config.probes.size, options.fresh
+            model,
+            readers.attributes or config.probes.attributes,
+            out,
+            readers.size or config.probes.size,
+            options.fresh,
         )
         seconds["readers"] = round(time.perf_counter() - t, 1)
     seconds["total"] = round(time.perf_counter() - start, 1)

@@ -76,3 +76,15 @@ def test_bad_config_via_cli_exits_2(tmp_path, capsys):
     assert not (tmp_path / "results.json").exists()
     assert capsys.readouterr().err.count("\n") == 1
     assert main(["run", "--config", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_the_readers_section(tmp_path):
+    assert load_config().readers.attributes == ()  # every probed attribute
+    assert load_config(quick=True).readers.attributes == ("dialect_us_uk",)
+    path = tmp_path / "run.toml"
+    path.write_text('[readers]\nattributes = ["age", "gender"]\nsize = 64\n')
+    config = load_config(path, quick=True)
+    assert config.readers.attributes == ("age", "gender") and config.readers.size == 64
+    path.write_text('[readers]\nattributes = ["shoe_size"]\n')
+    with pytest.raises(ConfigError, match="readers.attributes"):
+        load_config(path)
