@@ -181,7 +181,7 @@ def fit_direction(
     """
     if method not in METHODS:
         raise ProbesError(f"unknown direction method {method!r}; choose from {', '.join(METHODS)}")
-    acts = store.get(layer, site).double()
+    acts = store.read([layer], site, torch.float64)[0]  # from the shards; nothing cached
     src, tgt = _class_rows(store, source, target)
     diff = acts[torch.as_tensor(tgt)].mean(0) - acts[torch.as_tensor(src)].mean(0)
     if method == "mean_diff":
@@ -237,7 +237,9 @@ def fit_eraser(
     classes = sorted(set(labels))
     if len(classes) < 2:
         raise ProbesError("LEACE needs at least two label values")
-    x = store.get(layer, site).double()[torch.as_tensor(keep)]
+    x = store.read([layer], site, torch.float64)[0]  # from the shards; nothing cached
+    if rows is not None:
+        x = x[torch.as_tensor(keep)]
     z = torch.zeros(len(labels), len(classes), dtype=torch.float64)
     z[torch.arange(len(labels)), torch.as_tensor([classes.index(c) for c in labels])] = 1.0
     eraser = LeaceFitter.fit(x, z).eraser

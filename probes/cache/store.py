@@ -184,17 +184,29 @@ class ActivationStore:
         return self._tensors[name]
 
     def read(
-        self, layers: Sequence[int], site: str = "resid_post", dtype: torch.dtype | None = None
+        self,
+        layers: Sequence[int],
+        site: str = "resid_post",
+        dtype: torch.dtype | None = None,
+        *,
+        out: Float[Tensor, "layers n d_model"] | None = None,
     ) -> Float[Tensor, "layers n d_model"]:
         """The listed layers of one site, read shard by shard from the memory-mapped files into
-        one new tensor (cast to ``dtype`` on the way); nothing is kept, so a store larger than
-        memory can be worked through a few layers at a time."""
+        one new tensor (cast to ``dtype`` on the way), or into ``out`` (whose dtype then wins:
+        e.g. a slice of a larger buffer, so two stores need no concatenated copy); nothing is
+        kept, so a store larger than memory can be worked through a few layers at a time."""
         if site not in self.sites:
             raise CacheError(f"site {site!r} is not in store {self.path} (has {self.sites})")
         missing = [layer for layer in layers if layer not in self.layers]
         if missing:
             raise CacheError(f"layers {missing} are not in store {self.path} (has {self.layers})")
-        out: Tensor | None = None
+        if out is not None and tuple(out.shape) != (len(layers), len(self), self.d_model):
+            raise CacheError(
+                f"out has shape {tuple(out.shape)}, not [{len(layers)}, {len(self)}, "
+                f"{self.d_model}] for {len(layers)} layers of store {self.path}"
+            )
+        if not self.manifest["shards"]:
+            raise CacheError(f"store {self.path} has no shards")
         for shard in self.manifest["shards"]:
             if shard["file"] not in self._verified:
                 check_shard(self.path, shard)
@@ -215,7 +227,7 @@ class ActivationStore:
                         shape = (len(layers), len(self), part.shape[-1])
                         out = torch.empty(shape, dtype=dtype or part.dtype)
                     out[i, start:end] = part
-        if out is None:
+        if out is None:  # unreachable: there is at least one shard
             raise CacheError(f"store {self.path} has no shards")
         return out
 

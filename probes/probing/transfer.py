@@ -84,13 +84,10 @@ def transfer(
     mask[0, :n_train] = True
     parts = []
     for chunk in layer_chunks(layers, len(y), train_store.d_model, max_working_bytes):
-        X = torch.cat(
-            [
-                train_store.read(chunk, site, torch.float64),
-                test_store.read(chunk, site, torch.float64),
-            ],
-            dim=1,
-        )
+        # Both stores read into one buffer: no concatenated copy next to the two reads.
+        X = torch.empty(len(chunk), len(y), train_store.d_model, dtype=torch.float64)
+        train_store.read(chunk, site, out=X[:, :n_train])
+        test_store.read(chunk, site, out=X[:, n_train:])
         parts.append(out_of_fold(_fit_predict(X, y, mask, k, C, "torch"), mask)[:, n_train:])
         del X
     proba = np.concatenate(parts)

@@ -71,3 +71,10 @@ def test_bad_labels_and_methods_are_clear_errors(planted_store):
         fit_direction(store, 4, "mean_diff", "us", "gb")
     with pytest.raises(ProbesError, match="unknown direction method"):
         fit_direction(store, 4, "magic", "us", "uk")
+
+
+def test_directions_read_the_layer_from_the_shards_and_cache_nothing(planted_store):
+    store, _ = planted_store
+    for method in ("mean_diff", "probe", "twin_pca"):
+        fit_direction(store, 4, method, source="us", target="uk")
+    assert not store._tensors  # a store larger than memory does not fill up layer by layer

@@ -3,12 +3,26 @@ row-blocked statistics; on a small store the out-of-core path gives the in-memor
 
 from __future__ import annotations
 
+import gc
+import os
+import re
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 
 from probes.cache.store import ActivationStore, write_store
+from probes.errors import CacheError, ProbesError
 from probes.probing import linear
-from probes.probing.layerwise import fit_layerwise, layer_chunks
+from probes.probing.layerwise import (
+    _fit_predict,
+    encode_labels,
+    fit_layerwise,
+    layer_chunks,
+    make_splits,
+    out_of_fold,
+)
 from probes.probing.transfer import transfer
 
 N, LAYERS, D = 360, 4, 24
@@ -65,3 +79,93 @@ def test_out_of_core_transfer_equals_the_in_memory_path(tmp_path):
     np.testing.assert_array_equal(
         [r["accuracy"] for r in whole.rows], [r["accuracy"] for r in chunked.rows]
     )
+
+
+def _rss_bytes(field: str) -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
+
+
+def _peak_rise(fn):
+    """``fn()`` and how far the resident set rose above where it started (Linux: the kernel's
+    high-water mark is reset first), so a test can bound a working set in bytes."""
+    gc.collect()
+    start = _rss_bytes("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    out = fn()
+    return out, _rss_bytes("VmHWM") - start
+
+
+@pytest.mark.skipif(
+    not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's resettable VmHWM"
+)
+def test_the_chunked_working_set_is_one_layer_and_its_accuracies_are_the_in_memory_ones(
+    tmp_path, monkeypatch
+):
+    # 4 layers of 16,000 x 256: one float64 layer is 31 MiB, every layer at once 125 MiB.
+    n, layers, d = 16_000, 4, 256
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % 2
+    acts = torch.randn(n, layers, d, generator=gen)
+    acts[:, :, 0] += 0.5 * torch.arange(layers)[None, :] * (2 * y[:, None] - 1)
+    table = [{"label": "ab"[int(c)], "group": f"g{i % 10}"} for i, c in enumerate(y)]
+    store = write_store(tmp_path / "s", {"resid_post": acts}, table, shard_size=1000)
+    del acts
+    layer_bytes = n * d * 8
+    # Statistics in row blocks, as on a store whose layer is far larger than a block.
+    monkeypatch.setattr(linear, "ROW_BLOCK_BYTES", layer_bytes // 16)
+
+    fresh = ActivationStore.open(store.path)  # nothing read yet: read() caches nothing
+
+    def chunked():
+        return fit_layerwise(
+            fresh,
+            n_folds=3,
+            n_boot=20,
+            bow=False,
+            control=False,
+            max_working_bytes=layer_bytes,  # one layer at a time
+        )
+
+    def in_memory():  # every layer stacked, one batched fit (the benchmark's in-memory path)
+        s = ActivationStore.open(store.path)
+        labels = encode_labels(s.labels)[1]
+        masks = make_splits(labels, s.column("group"), 3, 0).train_masks
+        X = torch.stack([s.get(layer) for layer in s.layers]).float()
+        proba = out_of_fold(_fit_predict(X, labels, masks, 2, 1.0, "torch"), masks)
+        return [float(a) for a in (proba.argmax(-1) == labels[None, :]).mean(-1)]
+
+    fit_layerwise(_store(tmp_path / "warm"), n_folds=3, n_boot=20, bow=False)  # lazy imports
+    result, chunked_peak = _peak_rise(chunked)
+    accuracies, in_memory_peak = _peak_rise(in_memory)
+    assert [r["accuracy"] for r in result.rows] == accuracies
+    assert accuracies[-1] > 0.8  # the planted signal is found
+    # The chunked path holds one float64 layer and a few row blocks (a sixteenth of a layer
+    # each), not every layer; measured 1.2 to 1.4 layers.
+    assert chunked_peak < 1.6 * layer_bytes, chunked_peak / layer_bytes
+    assert in_memory_peak > 3 * layer_bytes, in_memory_peak / layer_bytes  # measured 11
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_finiteness_check_still_refuses_nan_and_infinity(bad, dtype):
+    X = torch.randn(2, 40, 3, dtype=dtype)
+    y = torch.arange(40) % 2
+    masks = torch.ones(1, 40, dtype=torch.bool)
+    linear.fit_logistic_batched(X, y, masks, 2)  # finite: fitted
+    X[1, 17, 2] = bad
+    with pytest.raises(ProbesError, match="no NaN or infinite"):
+        linear.fit_logistic_batched(X, y, masks, 2)
+
+
+def test_read_fills_a_slice_of_a_larger_buffer(tmp_path):
+    a, b = _store(tmp_path / "a", seed=0), _store(tmp_path / "b", seed=1)
+    both = torch.full((2, 2 * N, D), float("nan"), dtype=torch.float64)
+    assert a.read([0, 2], out=both[:, :N]) is not None
+    b.read([0, 2], out=both[:, N:])
+    expected = torch.cat(
+        [a.read([0, 2], dtype=torch.float64), b.read([0, 2], dtype=torch.float64)], 1
+    )
+    assert torch.equal(both, expected)
+    with pytest.raises(CacheError, match="out has shape"):
+        a.read([0, 2], out=both)
