@@ -86,5 +86,5 @@ def test_the_readers_section(tmp_path):
     config = load_config(path, quick=True)
     assert config.readers.attributes == ("age", "gender") and config.readers.size == 64
     path.write_text('[readers]\nattributes = ["shoe_size"]\n')
-    with pytest.raises(ConfigError, match="readers.attributes"):
+    with pytest.raises(ConfigError, match=r"readers\.attributes"):
         load_config(path)
