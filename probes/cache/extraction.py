@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from probes.cache.store import (
     tensor_name,
 )
 from probes.errors import CacheError, ProbesError
+from probes.models.attention import fast_attention
 from probes.models.batching import collate, encode, pad_token_id
 from probes.models.devices import default_store_dtype, free_memory_batch_size, shrinking_batches
 from probes.models.layers import parse_layers
@@ -289,25 +290,6 @@ def _cache_hit(
                 f"({describe_difference(have, want)}): delete the store to extract again"
             )
     return store
-
-
-@contextmanager
-def fast_attention(hf_model: Any) -> Iterator[None]:
-    """Use SDPA attention for the duration (the bridge forces eager so that attention patterns
-    can be hooked; extraction reads no patterns and eager is about 8% slower on this CPU)."""
-    config = hf_model.config
-    previous = getattr(config, "_attn_implementation", None)
-    switch = previous == "eager" and hasattr(hf_model, "set_attn_implementation")
-    if switch:
-        try:
-            hf_model.set_attn_implementation("sdpa")
-        except (ValueError, ImportError):
-            switch = False
-    try:
-        yield
-    finally:
-        if switch:
-            hf_model.set_attn_implementation(previous)
 
 
 class _Capture:
