@@ -40,8 +40,10 @@ _ARMIJO_C1 = 1e-4
 _FTOL = 64 * torch.finfo(torch.float64).eps  # scikit-learn's L-BFGS-B ftol
 _FTOL32 = 64 * torch.finfo(torch.float32).eps  # float32 progress this small hands over to float64
 MIXED = True
-GAMMA = True
-INV32 = True
+GAMMA = False
+PER_FOLD = True
+MIX = True
+INIT = True
 REFRESH_AT = (6,)  # iterations at which the preconditioner is rebuilt at the iterate
 ROW_BLOCK_BYTES = 64 * 2**20  # float64 bytes per block of the statistics passes
 _KEEP = 1e-3  # rows whose curvature is below this fraction of the ridge skip the Gram matrix
@@ -107,33 +109,57 @@ class Problems:
             self.D[layer] = spread / scale[layer]
             self.b[layer] = (centre - mean[layer]) / scale[layer]
         self.u32 = self.u64.to(torch.float32)
-        self.inverse = torch.empty(L, d + 1, d + 1, dtype=torch.float32 if INV32 else torch.float64)
+        self.inverse = torch.empty(L, d + 1, d + 1, dtype=torch.float32)  # shared by the folds
+        self.fold_inverse: Tensor | None = None  # [L, F, d+1, d+1] once a layer has its own
+        self.per_fold = [False] * L
+        self.row_weight = torch.zeros(L, n, F, dtype=torch.float64)  # the Gram's row weights
+        eye_k = torch.eye(n_out, dtype=torch.float64)
+        self.mixing = eye_k.expand(L, F, n_out, n_out).clone()  # class coupling, per problem
+        self.mixing_inv = self.mixing.clone()
+        self.ridge = torch.zeros(L, F, dtype=torch.float64)  # and its ridge, per problem
+        self.masks = weights.T > 0  # [n, F]
+        self.n_train = (weights > 0).sum(1).to(torch.float64)  # [F]
+        # Folds with the same labels share the curvature weights of their rows.
+        _, self.label_group = torch.unique(targets, dim=0, return_inverse=True)
 
     def logits(
-        self, theta: Float[Tensor, "folds k d1"], layer: int, exact: bool
-    ) -> Float[Tensor, "n folds k"]:
-        """Logits of one layer's problems on every row (a linear map of ``theta``)."""
-        F, k, d1 = theta.shape
-        w, bias = theta[..., :-1], theta[..., -1]
-        v = w * self.D[layer][:, None, :]  # weights on u
-        offset = bias + (w * self.b[layer][:, None, :]).sum(-1)  # [F, k]
-        u = self.u64[layer] if exact else self.u32[layer]
-        z = (u @ v.reshape(F * k, d1 - 1).T.to(u.dtype)).to(torch.float64)
-        return z.view(-1, F, k) + offset
+        self,
+        theta: Float[Tensor, "layers folds k d1"],
+        layers: Sequence[int],
+        exact: Sequence[bool],
+    ) -> Float[Tensor, "layers n folds k"]:
+        """Logits of the problems of ``layers`` on every row (a linear map of ``theta``),
+        with each layer's float32 or float64 rows."""
+        R, F, k, d1 = theta.shape
+        w = theta[..., :-1]
+        v = (w * self.D[layers][:, :, None, :]).reshape(R, F * k, d1 - 1)  # weights on u
+        offset = theta[..., -1] + (w * self.b[layers][:, :, None, :]).sum(-1)  # [R, F, k]
+        n = self.u32.shape[1]
+        z = torch.empty(R, n, F * k, dtype=torch.float64)
+        v32 = v.to(torch.float32) if not all(exact) else v
+        for i, layer in enumerate(layers):
+            if exact[i]:
+                torch.matmul(self.u64[layer], v[i].T, out=z[i])
+            else:
+                z[i] = self.u32[layer] @ v32[i].T
+        return z.view(R, n, F, k) + offset[:, None]
 
-    def loss(
-        self, z: Float[Tensor, "layers n folds k"]
-    ) -> tuple[Float[Tensor, "layers folds"], Float[Tensor, "layers n folds k"]]:
-        """Mean training loss per problem and its gradient in the logits (weighted rows)."""
+    def loss(self, z: Float[Tensor, "layers n folds k"]) -> Float[Tensor, "layers folds"]:
+        """Mean training loss per problem."""
         if z.shape[-1] == 1:
             z1 = z[..., 0]
             loss = torch.nn.functional.softplus(z1) - self.labels * z1
-            resid = (torch.sigmoid(z1) - self.labels)[..., None]
         else:
-            lse = torch.logsumexp(z, dim=-1)
-            loss = lse - (z * self.labels).sum(-1)
-            resid = torch.exp(z - lse[..., None]) - self.labels
-        return (loss * self.weights).sum(1), resid * self.weights[..., None]
+            loss = _logsumexp(z) - (z * self.labels).sum(-1)
+        return (loss * self.weights).sum(1)
+
+    def residuals(self, z: Float[Tensor, "layers n folds k"]) -> Float[Tensor, "layers n folds k"]:
+        """Gradient of the mean training loss in the logits (weighted rows)."""
+        if z.shape[-1] == 1:
+            resid = (torch.sigmoid(z[..., 0]) - self.labels)[..., None]
+        else:
+            resid = torch.exp(z - _logsumexp(z)[..., None]) - self.labels
+        return resid * self.weights[..., None]
 
     def penalty(self, theta: Float[Tensor, "layers folds k d1"]) -> Float[Tensor, "layers folds"]:
         """The L2 penalty ``lam/2 ||w||^2`` (the intercept is free)."""
@@ -141,72 +167,202 @@ class Problems:
 
     def gradient(
         self,
-        theta: Float[Tensor, "folds k d1"],
-        resid: Float[Tensor, "n folds k"],
-        layer: int,
-        exact: bool,
-    ) -> Float[Tensor, "folds k d1"]:
-        """Gradient of one layer's objectives from their weighted logit residuals."""
-        F, k, d1 = theta.shape
-        u = self.u64[layer] if exact else self.u32[layer]
-        raw = (resid.reshape(-1, F * k).T.to(u.dtype) @ u).to(torch.float64).view(F, k, d1 - 1)
-        rsum = resid.sum(0)  # [F, k]
-        gw = self.D[layer][:, None, :] * raw + self.b[layer][:, None, :] * rsum[..., None]
-        gw = gw + self.lam[:, None, None] * theta[..., :-1]
+        theta: Float[Tensor, "layers folds k d1"],
+        resid: Float[Tensor, "layers n folds k"],
+        layers: Sequence[int],
+        exact: Sequence[bool],
+    ) -> Float[Tensor, "layers folds k d1"]:
+        """Gradient of the objectives of ``layers`` from their weighted logit residuals."""
+        R, F, k, d1 = theta.shape
+        flat = resid.view(R, -1, F * k)
+        flat32 = flat.to(torch.float32) if not all(exact) else flat
+        raw = torch.empty(R, F * k, d1 - 1, dtype=torch.float64)
+        for i, layer in enumerate(layers):
+            if exact[i]:
+                torch.matmul(flat[i].T, self.u64[layer], out=raw[i])
+            else:
+                raw[i] = flat32[i].T @ self.u32[layer]
+        rsum = resid.sum(1)  # [R, F, k]
+        gw = self.D[layers][:, :, None, :] * raw.view(R, F, k, d1 - 1)
+        gw += self.b[layers][:, :, None, :] * rsum[..., None]
+        gw += self.lam[:, None, None] * theta[..., :-1]
         return torch.cat([gw, rsum[..., None]], dim=-1)
 
-    def curvature(self, z: Float[Tensor, "layers n folds k"], layers: Sequence[int]) -> None:
-        """Rebuild the preconditioner of ``layers`` from their logits ``z`` (every layer).
+    def _lumped(self, z: Float[Tensor, "n folds k"]) -> Float[Tensor, "n folds"]:
+        """Each row's softmax curvature lumped to one number: ``p (1 - p)`` for binary
+        problems, ``(1 - |p|^2) / (k - 1)`` (the mean over the k - 1 free directions) else."""
+        if z.shape[-1] == 1:
+            p = torch.sigmoid(z[..., 0])
+            return p * (1 - p)
+        p = torch.exp(z - _logsumexp(z)[..., None])
+        return (1 - p.square().sum(-1)) / (z.shape[-1] - 1)
 
-        The matrix is the folds' mean lumped Hessian in the layer's ``u`` coordinates, plus
-        their mean ridge (on the intercept too, which only keeps it safely factorable).
-        """
-        k, d1 = self.shape[2:]
+    def _gram(self, layer: int, omega: Tensor, rows: Tensor) -> Tensor:
+        """``sum omega_i [u_i, 1][u_i, 1]^T`` over ``rows`` whose weight is above the cut-off
+        (float32 products, float64 sums, in row blocks)."""
+        d1 = self.shape[3]
+        gram = torch.zeros(d1, d1, dtype=torch.float64)
+        for block in row_blocks(len(rows), d1):
+            idx = rows[block]
+            root = omega[idx].sqrt().to(torch.float32)[:, None]
+            za = torch.cat([self.u32[layer, idx] * root, root], dim=1)
+            gram += (za.T @ za).to(torch.float64)
+        return gram
+
+    def curvature(self, z: Float[Tensor, "layers n folds k"], layers: Sequence[int]) -> None:
+        """Build one preconditioner per layer from its logits ``z`` (all layers), shared by
+        its folds: their mean lumped Hessian in the layer's ``u`` coordinates plus their mean
+        ridge (on the intercept too, which only keeps it safely factorable). Cheap; used at
+        zero, where every row has the same curvature."""
+        d1 = self.shape[3]
         eye = torch.eye(d1, dtype=torch.float64)
+        ridge = float(self.lam.mean())
         for layer in layers:
-            if k == 1:
-                p = torch.sigmoid(z[layer, ..., 0])
-                s = p * (1 - p)
-            else:
-                s = (1 - torch.softmax(z[layer], dim=-1).square().sum(-1)) / (k - 1)
-            omega = (s * self.weights).mean(1)  # [n]
-            ridge = float(self.lam.mean())
-            keep = (omega * d1 > _KEEP * ridge).nonzero()[:, 0]
-            gram = torch.zeros(d1, d1, dtype=torch.float64)
-            for rows in row_blocks(len(keep), d1):
-                idx = keep[rows]
-                root = omega[idx].sqrt().to(torch.float32)[:, None]
-                za = torch.cat([self.u32[layer, idx] * root, root], dim=1)
-                gram += (za.T @ za).to(torch.float64)
-            self.inverse[layer] = _spd_inverse(gram, ridge * eye).to(self.inverse.dtype)
+            omega = (self._lumped(z[layer]) * self.weights).mean(1)  # [n]
+            rows = (omega * d1 > _KEEP * ridge).nonzero()[:, 0]
+            gram = self._gram(layer, omega, rows)
+            self.row_weight[layer] = 0.0
+            self.row_weight[layer, rows] = omega[rows, None]
+            self.ridge[layer] = ridge
+            self.inverse[layer] = _spd_inverse(gram[None], ridge * eye)[0]
+            self.per_fold[layer] = False
+
+    def fold_curvature(self, z: Float[Tensor, "layers n folds k"], layers: Sequence[int]) -> None:
+        """Give every fold of ``layers`` its own preconditioner: its lumped Hessian over its
+        own training rows, mapped exactly into its standardisation, plus its ridge.
+
+        The rows' curvature weights are shared by the folds with the same labels (their mean
+        over those folds), so the Gram matrices of a K-fold split cost one pass over the rows:
+        one per group of rows with the same folds, summed per fold.
+        """
+        L, F, _, d1 = self.shape
+        d = d1 - 1
+        if self.fold_inverse is None:
+            self.fold_inverse = torch.empty(L, F, d1, d1, dtype=torch.float32)
+        for layer in layers:
+            s = self._lumped(z[layer]) * self.masks  # [n, F]
+            grams = torch.empty(F, d1, d1, dtype=torch.float64)
+            for group in self.label_group.unique().tolist():
+                folds = (self.label_group == group).nonzero()[:, 0]
+                member = self.masks[:, folds]  # [n, G]
+                count = member.sum(1)
+                omega = s[:, folds].sum(1) / count.clamp_min(1)  # [n]
+                cut = _KEEP * float(self.lam[folds].min()) * float(self.n_train[folds].max())
+                used = (omega * d1 > cut) & (count > 0)
+                patterns, which = torch.unique(member[used], dim=0, return_inverse=True)
+                kept = omega * used
+                self.row_weight[layer][:, folds] = kept[:, None] * member / self.n_train[folds]
+                rows = used.nonzero()[:, 0]
+                if len(patterns) <= len(folds) + 1:  # e.g. K-fold: one group per held-out fold
+                    parts = [
+                        self._gram(layer, omega, rows[which == p]) for p in range(len(patterns))
+                    ]
+                    stacked = torch.stack(parts).view(len(parts), d1 * d1)
+                    grams[folds] = (patterns.T.to(torch.float64) @ stacked).view(-1, d1, d1)
+                else:
+                    for j, fold in enumerate(folds.tolist()):
+                        grams[fold] = self._gram(layer, omega, rows[member[rows, j]])
+            grams /= self.n_train[:, None, None]
+            # Into each fold's coordinates z = D u + b: G_z = T G_u T^T, T = [[D, b], [0, 1]].
+            # With e = D c + s0 b / 2 the weight block is D A D + b e^T + e b^T.
+            D, b = self.D[layer], self.b[layer]  # [F, d]
+            c, s0 = grams[:, :d, d].clone(), grams[:, d, d].clone()
+            e = D * c + 0.5 * s0[:, None] * b
+            out = grams
+            out[:, :d, :d] *= D[:, :, None]
+            out[:, :d, :d] *= D[:, None, :]
+            out[:, :d, :d] += torch.bmm(torch.stack([b, e], dim=2), torch.stack([e, b], dim=1))
+            out[:, :d, d] = e + 0.5 * s0[:, None] * b
+            out[:, d, :d] = out[:, :d, d]
+            ridge = self.lam[:, None, None] * torch.eye(d1, dtype=torch.float64)
+            self.fold_inverse[layer] = _spd_inverse(out, ridge)
+            if self.shape[2] > 1 and MIX:
+                self._class_mixing(z[layer], s, layer)
+            self.ridge[layer] = self.lam
+            self.per_fold[layer] = True
+
+    def _class_mixing(self, z: Tensor, s: Tensor, layer: int) -> None:
+        """The softmax curvature's class structure, averaged over each fold's rows:
+        ``sum_i w_i (diag p_i - p_i p_i^T) / sum_i w_i s_i``, so that the preconditioner is
+        its Kronecker product with the lumped Gram matrix (the all-ones direction, which the
+        loss ignores, keeps scale one)."""
+        p = torch.exp(z - _logsumexp(z)[..., None])  # [n, F, k]
+        w = self.weights  # [n, F]
+        A = torch.diag_embed(torch.einsum("nf,nfk->fk", w, p)) - torch.einsum(
+            "nf,nfk,nfj->fkj", w, p, p
+        )
+        A = A / (w * s).sum(0).clamp_min(1e-300)[:, None, None]
+        mu, Q = torch.linalg.eigh(A)
+        mu = torch.where(mu > 1e-3 * mu.amax(-1, keepdim=True), mu, torch.ones_like(mu))
+        self.mixing[layer] = Q @ torch.diag_embed(mu) @ Q.mT
+        self.mixing_inv[layer] = Q @ torch.diag_embed(1.0 / mu) @ Q.mT
+
+    def identity(self) -> None:
+        _L, _F, _k, d1 = self.shape
+        self.inverse[:] = torch.eye(d1, dtype=torch.float32)
+        self.row_weight[:] = 1.0 / self.weights.shape[0]
+        self.ridge[:] = 0.0
+
+    def quadratic(
+        self,
+        zd: Float[Tensor, "layers n folds k"],
+        direction: Float[Tensor, "layers folds k d1"],
+        layers: Tensor | slice,
+    ) -> Float[Tensor, "layers folds"]:
+        """``d^T M d`` of each problem's preconditioner matrix ``M`` (not its inverse) along
+        ``direction``, whose logits are ``zd``: no row products needed."""
+        mix = self.mixing[layers]  # [R, F, k, k]
+        zm = torch.einsum("rnfk,rfkj->rnfj", zd, mix)
+        rows = (self.row_weight[layers][..., None] * zd * zm).sum((1, 3))
+        dm = torch.einsum("rfkd,rfkj->rfjd", direction, mix)
+        return rows + self.ridge[layers] * (direction * dm).sum((-1, -2))
 
     def precondition(
         self, g: Float[Tensor, "layers folds k d1"], layers: Sequence[int]
     ) -> Float[Tensor, "layers folds k d1"]:
-        """Apply each fold's preconditioner: ``T^-T inverse T^-1 g`` with ``z = T u``."""
+        """Apply each fold's preconditioner: its own inverse, or the layer's shared one as
+        ``T^-T inverse T^-1 g`` with ``z = T u``."""
         out = []
         for i, layer in enumerate(layers):
             F, k, d1 = g[i].shape
+            if self.per_fold[layer]:
+                assert self.fold_inverse is not None
+                inv = self.fold_inverse[layer]
+                mixed = torch.matmul(self.mixing_inv[layer], g[i]) if k > 1 else g[i]
+                out.append(torch.bmm(mixed.to(torch.float32), inv).to(torch.float64))
+                continue
             inv_d = 1.0 / self.D[layer][:, None, :]  # [F, 1, d]
             shift = self.b[layer][:, None, :] * inv_d
             gw, gb = g[i][..., :-1], g[i][..., -1:]
             q = torch.cat([gw * inv_d - shift * gb, gb], dim=-1)
-            inv = self.inverse[layer]
-            r = (q.view(F * k, d1).to(inv.dtype) @ inv).to(torch.float64).view(F, k, d1)
-            rw = r[..., :-1]
-            out.append(torch.cat([rw * inv_d, r[..., -1:] - (shift * rw).sum(-1, True)], dim=-1))
+            r = (q.view(F * k, d1).to(torch.float32) @ self.inverse[layer]).to(torch.float64)
+            rw = r.view(F, k, d1)[..., :-1]
+            tail = r.view(F, k, d1)[..., -1:] - (shift * rw).sum(-1, True)
+            out.append(torch.cat([rw * inv_d, tail], dim=-1))
         return torch.stack(out)
 
 
-def _spd_inverse(gram: Float[Tensor, "d d"], ridge: Float[Tensor, "d d"]) -> Float[Tensor, "d d"]:
-    """Inverse of ``gram + ridge`` (positive semi-definite plus a diagonal ridge), with more
-    ridge where float32 rounding made the matrix indefinite."""
+def _logsumexp(z: Float[Tensor, "*batch k"]) -> Float[Tensor, " *batch"]:
+    """``logsumexp`` over a short last axis (torch's own is slow over a few classes)."""
+    top = z.amax(-1, keepdim=True)
+    return (z - top).exp_().sum(-1).log_() + top[..., 0]
+
+
+def _spd_inverse(
+    gram: Float[Tensor, "batch d d"], ridge: Float[Tensor, "*batch d d"]
+) -> Float[Tensor, "batch d d"]:
+    """Inverses of ``gram + ridge`` (positive semi-definite plus a diagonal ridge), with more
+    ridge where float32 rounding made a matrix indefinite."""
+    ridge = ridge.expand_as(gram)
     chol, info = torch.linalg.cholesky_ex(gram + ridge)
     jitter = 1.0
-    while int(info) != 0:
+    while bool((info != 0).any()):
         jitter *= 10
-        chol, info = torch.linalg.cholesky_ex(gram + jitter * ridge)
-    return torch.cholesky_inverse(chol)
+        bad = (info != 0).nonzero()[:, 0]
+        chol[bad], info[bad] = torch.linalg.cholesky_ex(gram[bad] + jitter * ridge[bad])
+    # The factor is float64 (the matrix may be badly conditioned); its inverse is used in
+    # float32 anyway, and float32 rounding of the triangular solves is far below that.
+    return torch.cholesky_inverse(chol.to(torch.float32))
 
 
 @dataclass
@@ -244,9 +400,19 @@ class _History:
         self.rho[:, which] = 0.0
         self.gamma[which] = 1.0
 
-    def push(self, s: Tensor, y: Tensor, hy: Tensor) -> None:
+    def push(self, s: Tensor, y: Tensor, sms: Tensor) -> None:
         """Store the pairs whose curvature is positive (the others get an empty slot) and
-        rescale by ``s.y / y.H0 y`` (``hy`` is ``H0 y``)."""
+        rescale the preconditioner by ``s.M s / s.y`` (``sms``: its matrix along ``s``)."""
+        sy = (s * y).sum(1)
+        ok = sy > 1e-12 * y.norm(dim=1) * s.norm(dim=1)
+        self.S[self.slot] = torch.where(ok[:, None], s, 0.0)
+        self.Y[self.slot] = torch.where(ok[:, None], y, 0.0)
+        safe = sy.where(ok, torch.ones_like(sy))
+        self.rho[self.slot] = torch.where(ok, 1.0 / safe, 0.0)
+        self.gamma = torch.where(ok & (sms > 0), sms / safe, self.gamma)
+        self.slot = (self.slot + 1) % _HISTORY
+
+    def push_y(self, s: Tensor, y: Tensor, hy: Tensor) -> None:
         sy = (s * y).sum(1)
         ok = sy > 1e-12 * y.norm(dim=1) * s.norm(dim=1)
         self.S[self.slot] = torch.where(ok[:, None], s, 0.0)
@@ -266,28 +432,37 @@ def _line_search(
     direction: Float[Tensor, "layers folds k d1"],
     f: Float[Tensor, "layers folds"],
     slope: Float[Tensor, "layers folds"],
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-problem Armijo backtracking from a unit step; returns step, f, residuals, failures.
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-problem Armijo backtracking from a unit step; returns the steps, the objective
+    there and the problems that found no step.
 
-    The logits are linear in the step (``z + step * zd``), so a trial costs no row products.
+    The logits are linear in the step (``z + step * zd``), so a trial costs no row products,
+    and after the first one only the layers with a problem still searching are evaluated.
     """
     pending = slope < 0
     step = pending.to(f.dtype)
-    f_new, resid_new = f.clone(), torch.zeros_like(z)
+    f_new = f.clone()
+    layers: Tensor | slice = slice(None)
     for _ in range(_MAX_BACKTRACKS):
-        loss, resid = problems.loss(z + step[:, None, :, None] * zd)
-        trial = loss + problems.penalty(theta + step[..., None, None] * direction)
-        ok = pending & (trial <= f + _ARMIJO_C1 * step * slope)
-        f_new = torch.where(ok, trial, f_new)
-        resid_new = torch.where(ok[:, None, :, None], resid, resid_new)
-        pending &= ~ok
+        at_step = step[layers]
+        trial = problems.loss(z[layers] + at_step[:, None, :, None] * zd[layers])
+        trial = trial + problems.penalty(
+            theta[layers] + at_step[..., None, None] * direction[layers]
+        )
+        wait = pending[layers]
+        ok = wait & (trial <= f[layers] + _ARMIJO_C1 * at_step * slope[layers])
+        f_new[layers] = torch.where(ok, trial, f_new[layers])
+        pending[layers] = wait & ~ok
         if not bool(pending.any()):
             break
         # Safeguarded minimiser of the quadratic through f, slope and the trial value.
-        curvature = (trial - f - step * slope).clamp_min(1e-300)
-        shrunk = (-slope * step.square() / (2 * curvature)).clamp(0.1 * step, 0.5 * step)
-        step = torch.where(pending, shrunk, step)
-    return torch.where(pending, 0.0, step), f_new, resid_new, pending
+        curvature = (trial - f[layers] - at_step * slope[layers]).clamp_min(1e-300)
+        shrunk = (-slope[layers] * at_step.square() / (2 * curvature)).clamp(
+            0.1 * at_step, 0.5 * at_step
+        )
+        step[layers] = torch.where(pending[layers], shrunk, at_step)
+        layers = pending.any(1).nonzero()[:, 0]
+    return torch.where(pending, 0.0, step), f_new, pending
 
 
 def solve(
@@ -313,10 +488,13 @@ def solve(
     theta = torch.zeros(shape, dtype=torch.float64)
     z = torch.zeros(L, n, F, k, dtype=torch.float64)  # logits, updated along every step
     every = list(range(L))
-    problems.curvature(z, every)  # the Hessian at zero
-    value, resid = problems.loss(z)
-    f = value + problems.penalty(theta)
-    g = torch.stack([problems.gradient(theta[i], resid[i], i, exact[i]) for i in every])
+    if INIT:
+        problems.curvature(z, every)  # the Hessian at zero
+    else:
+        problems.identity()
+    f = problems.loss(z) + problems.penalty(theta)
+    resid = problems.residuals(z)
+    g = problems.gradient(theta, resid, every, exact)
     memory = _History.empty(P, D)
     n_iter = torch.zeros(L, F, dtype=torch.long)
     stuck = torch.zeros(L, F, dtype=torch.bool)
@@ -329,11 +507,10 @@ def solve(
         at = torch.tensor(layers)
         for layer in layers:
             exact[layer] = True
-            z[layer] = problems.logits(theta[layer], layer, exact=True)
-        value, resid = problems.loss(z[at])
-        f[at] = value + problems.penalty(theta[at])
-        for i, layer in enumerate(layers):
-            g[layer] = problems.gradient(theta[layer], resid[i], layer, exact=True)
+        z[at] = problems.logits(theta[at], layers, [True] * len(layers))
+        f[at] = problems.loss(z[at]) + problems.penalty(theta[at])
+        resid = problems.residuals(z[at])
+        g[at] = problems.gradient(theta[at], resid, layers, [True] * len(layers))
         stuck[at] = False
 
     for it in range(max_iter + 1):
@@ -346,12 +523,17 @@ def solve(
         if not bool(active.any()) or it == max_iter:
             break
         running = active.any(1).nonzero()[:, 0].tolist()
-        at = torch.tensor(running)
+        at: Tensor | slice = slice(None) if len(running) == L else torch.tensor(running)
         if it in REFRESH_AT:
-            problems.curvature(z, running)
+            if PER_FOLD:
+                problems.fold_curvature(z, running)
+            else:
+                problems.curvature(z, running)
             memory.forget(active.view(P))
 
-        def precondition(t: Tensor, at: Tensor = at, running: list[int] = running) -> Tensor:
+        def precondition(
+            t: Tensor, at: Tensor | slice = at, running: list[int] = running
+        ) -> Tensor:
             out = t.clone().view(shape)
             out[at] = problems.precondition(out[at], running)
             return out.view(P, D)
@@ -365,23 +547,28 @@ def solve(
         direction[~flat_active] = 0.0
         direction = direction.view(shape)
         slope = (g * direction).sum((-1, -2))
-        zd = torch.stack([problems.logits(direction[i], i, exact[i]) for i in running])
-        step, f_run, resid, failed = _line_search(
+        flags = [exact[layer] for layer in running]
+        zd = problems.logits(direction[at], running, flags)
+        step, f_run, failed = _line_search(
             problems, z[at], zd, theta[at], direction[at], f[at], slope[at]
         )
         s = torch.zeros_like(theta)
         s[at] = step[..., None, None] * direction[at]
         theta = theta + s
-        z[at] += step[:, None, :, None] * zd
+        z_run = z[at] + step[:, None, :, None] * zd
+        z[at] = z_run
+        resid = problems.residuals(z_run)
         f_new, g_new = f.clone(), g.clone()
         f_new[at] = f_run
-        for i, layer in enumerate(running):
-            moved = step[i] > 0
-            if bool(moved.any()):
-                fresh = problems.gradient(theta[layer], resid[i], layer, exact[layer])
-                g_new[layer] = torch.where(moved[:, None, None], fresh, g[layer])
+        fresh = problems.gradient(theta[at], resid, running, flags)
+        g_new[at] = torch.where((step > 0)[..., None, None], fresh, g[at])
         y = (g_new - g).view(P, D)
-        memory.push(s.view(P, D), y, precondition(y) if GAMMA else y)
+        if GAMMA:
+            memory.push_y(s.view(P, D), y, precondition(y))
+        else:
+            sms = torch.zeros(L, F, dtype=torch.float64)
+            sms[at] = problems.quadratic(zd, direction[at], at) * step.square()
+            memory.push(s.view(P, D), y, sms.view(P))
         flat = (f - f_new) <= _FTOL * torch.maximum(f.abs(), f_new.abs()).clamp_min(1.0)
         stuck[at] |= active[at] & (failed | flat[at])
         f, g = f_new, g_new
