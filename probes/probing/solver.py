@@ -1,27 +1,31 @@
 """The batched optimiser behind ``fit_logistic_batched``: many L2 logistic regressions at once.
 
 Every (layer, fold) problem keeps its own L-BFGS memory, step scale and Armijo line search, so
-problems do not slow each other down; they share passes over their layer's rows.
+problems do not slow each other down; they share the passes over their layer's rows. What
+makes it converge in a few dozen iterations on badly conditioned residual-stream activations,
+where plain L-BFGS takes hundreds, and keeps those iterations cheap:
 
-Three things make it fast on badly conditioned residual-stream activations:
-
-- Curvature preconditioning. The initial inverse Hessian of L-BFGS is the inverse of the
+- Curvature preconditioning. The initial inverse Hessian of L-BFGS is the inverse of a
   problem's Hessian with each row's softmax curvature lumped to one weight,
-  ``sum_i w_i s_i z_i z_i^T + lam I`` over augmented standardised rows ``z_i = [x_i, 1]``
-  (``s_i = p_i (1 - p_i)`` for binary problems, which makes it the exact Hessian, and
-  ``(1 - |p_i|^2) / (k - 1)`` for softmax ones). It is built first at zero (the Hessian at
-  zero) and rebuilt once after a few iterations, when the probabilities say which rows are
-  still uncertain; that second matrix is what removes the slow tail of plain L-BFGS. One
-  matrix per layer serves its folds: it averages their curvature, and is mapped exactly into
-  each fold's own standardisation.
-- Mixed precision. Rows are centred and scaled by the layer's statistics once, so float32
-  products lose nothing that matters; the iterations run on the float32 copy, and each layer
-  finishes on the float64 copy, where the gradient test and the line search are exact.
-- Evaluating only what moves: a pass covers only layers with a problem still running, and a
-  line-search trial only layers with a problem still searching.
+  ``sum_i w_i s_i z_i z_i^T + lam I`` over the augmented standardised rows ``z_i = [x_i, 1]``
+  (``s_i = p_i (1 - p_i)`` for binary problems, which makes it their exact Hessian, and
+  ``(1 - |p_i|^2) / (k - 1)`` for softmax ones, times the folds' mean class coupling). It is
+  first the Hessian at zero, one per layer for all its folds, and is rebuilt once, a few
+  iterations in, for every fold from its own training rows, when the probabilities say which
+  rows are still uncertain: that second matrix is what removes the long tail of plain
+  L-BFGS. The folds of a K-fold split share their rows' curvature weights, so their Gram
+  matrices cost one pass over the rows; each matrix is mapped exactly into its fold's own
+  standardisation. The step-based scale ``s.M s / s.y`` needs no extra product with it.
+- Mixed precision. Rows are centred and scaled by their layer's statistics once, so float32
+  products lose nothing that matters: iterations use the float32 copy, and each layer then
+  recomputes its logits, objective and gradient on the float64 copy and finishes there, so
+  the stopping test is float64's. The logits are carried along the steps (``z + t d``), so
+  line-search trials need no row products.
+- Evaluating only what moves: a pass covers only the layers with a problem still running, and
+  a repeated trial only the layers with a problem still searching.
 
-The objective and its minimiser do not depend on any of this: the stopping test is the max
-absolute gradient of the float64 mean-scaled objective, as scikit-learn's lbfgs.
+None of this changes the problem or its minimiser: every problem stops when the max absolute
+gradient of its float64 mean-scaled objective is at most ``tol``, as scikit-learn's lbfgs.
 """
 
 from __future__ import annotations
@@ -38,15 +42,9 @@ _HISTORY = 10  # L-BFGS memory, as scikit-learn's default (maxcor=10)
 _MAX_BACKTRACKS = 30
 _ARMIJO_C1 = 1e-4
 _FTOL = 64 * torch.finfo(torch.float64).eps  # scikit-learn's L-BFGS-B ftol
-_FTOL32 = 64 * torch.finfo(torch.float32).eps  # float32 progress this small hands over to float64
-MIXED = True
-GAMMA = False
-PER_FOLD = True
-MIX = True
-INIT = True
-REFRESH_AT = (6,)  # iterations at which the preconditioner is rebuilt at the iterate
-ROW_BLOCK_BYTES = 64 * 2**20  # float64 bytes per block of the statistics passes
+_REFRESH_AT = 6  # the iteration at which every fold gets its own curvature preconditioner
 _KEEP = 1e-3  # rows whose curvature is below this fraction of the ridge skip the Gram matrix
+ROW_BLOCK_BYTES = 64 * 2**20  # float64 bytes per block of the statistics passes
 
 
 def row_blocks(n: int, d: int) -> list[slice]:
@@ -144,22 +142,37 @@ class Problems:
                 z[i] = self.u32[layer] @ v32[i].T
         return z.view(R, n, F, k) + offset[:, None]
 
+    def labelled(self, z: Float[Tensor, "layers n folds k"]) -> Float[Tensor, "layers folds"]:
+        """Weighted sum of each training row's logit of its own class (binary: ``y z``)."""
+        if z.shape[-1] == 1:
+            return (z[..., 0] * self.labels * self.weights).sum(1)
+        return (z * self.labels).sum(-1).mul_(self.weights).sum(1)
+
+    def partition(
+        self, z: Float[Tensor, "layers n folds k"]
+    ) -> tuple[Float[Tensor, "layers folds"], Float[Tensor, "layers n folds"]]:
+        """Weighted sum of each row's log partition function (``softplus(z)`` for binary
+        problems, ``logsumexp(z)`` else), and the latter per row (binary: ``z`` itself)."""
+        if z.shape[-1] == 1:
+            return (torch.nn.functional.softplus(z[..., 0]) * self.weights).sum(1), z[..., 0]
+        lse = _logsumexp(z)
+        return (lse * self.weights).sum(1), lse
+
     def loss(self, z: Float[Tensor, "layers n folds k"]) -> Float[Tensor, "layers folds"]:
         """Mean training loss per problem."""
-        if z.shape[-1] == 1:
-            z1 = z[..., 0]
-            loss = torch.nn.functional.softplus(z1) - self.labels * z1
-        else:
-            loss = _logsumexp(z) - (z * self.labels).sum(-1)
-        return (loss * self.weights).sum(1)
+        return self.partition(z)[0] - self.labelled(z)
 
-    def residuals(self, z: Float[Tensor, "layers n folds k"]) -> Float[Tensor, "layers n folds k"]:
-        """Gradient of the mean training loss in the logits (weighted rows)."""
+    def residuals(
+        self, z: Float[Tensor, "layers n folds k"], lse: Tensor | None = None
+    ) -> Float[Tensor, "layers n folds k"]:
+        """Gradient of the mean training loss in the logits (weighted rows); ``lse`` is the
+        log partition function from :meth:`partition`, if at hand."""
         if z.shape[-1] == 1:
             resid = (torch.sigmoid(z[..., 0]) - self.labels)[..., None]
         else:
-            resid = torch.exp(z - _logsumexp(z)[..., None]) - self.labels
-        return resid * self.weights[..., None]
+            lse = _logsumexp(z) if lse is None else lse
+            resid = torch.exp(z - lse[..., None]) - self.labels
+        return resid.mul_(self.weights[..., None])
 
     def penalty(self, theta: Float[Tensor, "layers folds k d1"]) -> Float[Tensor, "layers folds"]:
         """The L2 penalty ``lam/2 ||w||^2`` (the intercept is free)."""
@@ -205,15 +218,15 @@ class Problems:
         for block in row_blocks(len(rows), d1):
             idx = rows[block]
             root = omega[idx].sqrt().to(torch.float32)[:, None]
-            za = torch.cat([self.u32[layer, idx] * root, root], dim=1)
-            gram += (za.T @ za).to(torch.float64)
+            gram += _syrk(torch.cat([self.u32[layer, idx] * root, root], dim=1))
         return gram
 
-    def curvature(self, z: Float[Tensor, "layers n folds k"], layers: Sequence[int]) -> None:
+    def shared_curvature(self, z: Float[Tensor, "layers n folds k"], layers: Sequence[int]) -> None:
         """Build one preconditioner per layer from its logits ``z`` (all layers), shared by
         its folds: their mean lumped Hessian in the layer's ``u`` coordinates plus their mean
-        ridge (on the intercept too, which only keeps it safely factorable). Cheap; used at
-        zero, where every row has the same curvature."""
+        ridge (on the intercept too, which only keeps it safely factorable). Used at zero,
+        where every row has the same curvature, and where folds' matrices would cost more
+        than they save (more features than training rows)."""
         d1 = self.shape[3]
         eye = torch.eye(d1, dtype=torch.float64)
         ridge = float(self.lam.mean())
@@ -276,7 +289,7 @@ class Problems:
             out[:, d, :d] = out[:, :d, d]
             ridge = self.lam[:, None, None] * torch.eye(d1, dtype=torch.float64)
             self.fold_inverse[layer] = _spd_inverse(out, ridge)
-            if self.shape[2] > 1 and MIX:
+            if self.shape[2] > 1:
                 self._class_mixing(z[layer], s, layer)
             self.ridge[layer] = self.lam
             self.per_fold[layer] = True
@@ -296,12 +309,6 @@ class Problems:
         mu = torch.where(mu > 1e-3 * mu.amax(-1, keepdim=True), mu, torch.ones_like(mu))
         self.mixing[layer] = Q @ torch.diag_embed(mu) @ Q.mT
         self.mixing_inv[layer] = Q @ torch.diag_embed(1.0 / mu) @ Q.mT
-
-    def identity(self) -> None:
-        _L, _F, _k, d1 = self.shape
-        self.inverse[:] = torch.eye(d1, dtype=torch.float32)
-        self.row_weight[:] = 1.0 / self.weights.shape[0]
-        self.ridge[:] = 0.0
 
     def quadratic(
         self,
@@ -340,6 +347,20 @@ class Problems:
             tail = r.view(F, k, d1)[..., -1:] - (shift * rw).sum(-1, True)
             out.append(torch.cat([rw * inv_d, tail], dim=-1))
         return torch.stack(out)
+
+
+def _syrk(rows: Float[Tensor, "n d"]) -> Float[Tensor, "d d"]:
+    """``rows^T rows`` in float64 from float32 products, computing the upper half of the
+    symmetric result (in two column blocks) and mirroring it."""
+    d = rows.shape[1]
+    h = d // 2
+    top = rows[:, :h].T @ rows  # [h, d]
+    bottom = rows[:, h:].T @ rows[:, h:]  # [d - h, d - h]
+    out = torch.empty(d, d, dtype=torch.float64)
+    out[:h] = top
+    out[h:, :h] = top[:, h:].T
+    out[h:, h:] = bottom
+    return out
 
 
 def _logsumexp(z: Float[Tensor, "*batch k"]) -> Float[Tensor, " *batch"]:
@@ -412,17 +433,6 @@ class _History:
         self.gamma = torch.where(ok & (sms > 0), sms / safe, self.gamma)
         self.slot = (self.slot + 1) % _HISTORY
 
-    def push_y(self, s: Tensor, y: Tensor, hy: Tensor) -> None:
-        sy = (s * y).sum(1)
-        ok = sy > 1e-12 * y.norm(dim=1) * s.norm(dim=1)
-        self.S[self.slot] = torch.where(ok[:, None], s, 0.0)
-        self.Y[self.slot] = torch.where(ok[:, None], y, 0.0)
-        self.rho[self.slot] = torch.where(ok, 1.0 / sy.where(ok, torch.ones_like(sy)), 0.0)
-        yhy = (y * hy).sum(1)
-        ok = ok & (yhy > 0)
-        self.gamma = torch.where(ok, sy / yhy.where(ok, torch.ones_like(yhy)), self.gamma)
-        self.slot = (self.slot + 1) % _HISTORY
-
 
 def _line_search(
     problems: Problems,
@@ -432,26 +442,36 @@ def _line_search(
     direction: Float[Tensor, "layers folds k d1"],
     f: Float[Tensor, "layers folds"],
     slope: Float[Tensor, "layers folds"],
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Per-problem Armijo backtracking from a unit step; returns the steps, the objective
-    there and the problems that found no step.
+    there, the problems that found no step, and the logits and log partition function at
+    the steps (for the problems that moved).
 
     The logits are linear in the step (``z + step * zd``), so a trial costs no row products,
-    and after the first one only the layers with a problem still searching are evaluated.
+    its labelled term is linear too, and after the first trial only the layers with a
+    problem still searching are evaluated.
     """
     pending = slope < 0
     step = pending.to(f.dtype)
     f_new = f.clone()
+    base, rate = problems.labelled(z), problems.labelled(zd)
+    z_new = torch.empty_like(z)
+    lse_new = torch.empty(z.shape[:-1], dtype=z.dtype)
     layers: Tensor | slice = slice(None)
     for _ in range(_MAX_BACKTRACKS):
         at_step = step[layers]
-        trial = problems.loss(z[layers] + at_step[:, None, :, None] * zd[layers])
-        trial = trial + problems.penalty(
-            theta[layers] + at_step[..., None, None] * direction[layers]
-        )
+        trial_z = z[layers] + at_step[:, None, :, None] * zd[layers]
+        trial, lse = problems.partition(trial_z)
+        trial = trial - base[layers] - at_step * rate[layers]
+        trial += problems.penalty(theta[layers] + at_step[..., None, None] * direction[layers])
         wait = pending[layers]
         ok = wait & (trial <= f[layers] + _ARMIJO_C1 * at_step * slope[layers])
         f_new[layers] = torch.where(ok, trial, f_new[layers])
+        if isinstance(layers, slice):  # the first trial: every layer
+            z_new, lse_new = trial_z, lse
+        else:
+            z_new[layers] = torch.where(ok[:, None, :, None], trial_z, z_new[layers])
+            lse_new[layers] = torch.where(ok[:, None, :], lse, lse_new[layers])
         pending[layers] = wait & ~ok
         if not bool(pending.any()):
             break
@@ -462,7 +482,9 @@ def _line_search(
         )
         step[layers] = torch.where(pending[layers], shrunk, at_step)
         layers = pending.any(1).nonzero()[:, 0]
-    return torch.where(pending, 0.0, step), f_new, pending
+    step = torch.where(pending, 0.0, step)
+    z_new = torch.where((step > 0)[:, None, :, None], z_new, z)
+    return step, f_new, pending, z_new, lse_new
 
 
 def solve(
@@ -484,14 +506,12 @@ def solve(
     L, F, k, _ = shape
     P, D = L * F, math.prod(shape[2:])
     n = problems.weights.shape[0]
-    exact = [not MIXED] * L
+    exact = [False] * L  # layers on their float64 rows
     theta = torch.zeros(shape, dtype=torch.float64)
     z = torch.zeros(L, n, F, k, dtype=torch.float64)  # logits, updated along every step
     every = list(range(L))
-    if INIT:
-        problems.curvature(z, every)  # the Hessian at zero
-    else:
-        problems.identity()
+    problems.shared_curvature(z, every)  # the Hessian at zero
+    per_fold = problems.shape[3] <= int(problems.n_train.max())
     f = problems.loss(z) + problems.penalty(theta)
     resid = problems.residuals(z)
     g = problems.gradient(theta, resid, every, exact)
@@ -524,11 +544,11 @@ def solve(
             break
         running = active.any(1).nonzero()[:, 0].tolist()
         at: Tensor | slice = slice(None) if len(running) == L else torch.tensor(running)
-        if it in REFRESH_AT:
-            if PER_FOLD:
+        if it == _REFRESH_AT:
+            if per_fold:
                 problems.fold_curvature(z, running)
             else:
-                problems.curvature(z, running)
+                problems.shared_curvature(z, running)
             memory.forget(active.view(P))
 
         def precondition(
@@ -549,26 +569,22 @@ def solve(
         slope = (g * direction).sum((-1, -2))
         flags = [exact[layer] for layer in running]
         zd = problems.logits(direction[at], running, flags)
-        step, f_run, failed = _line_search(
+        step, f_run, failed, z_run, lse = _line_search(
             problems, z[at], zd, theta[at], direction[at], f[at], slope[at]
         )
         s = torch.zeros_like(theta)
         s[at] = step[..., None, None] * direction[at]
         theta = theta + s
-        z_run = z[at] + step[:, None, :, None] * zd
         z[at] = z_run
-        resid = problems.residuals(z_run)
+        resid = problems.residuals(z_run, lse)
         f_new, g_new = f.clone(), g.clone()
         f_new[at] = f_run
         fresh = problems.gradient(theta[at], resid, running, flags)
         g_new[at] = torch.where((step > 0)[..., None, None], fresh, g[at])
         y = (g_new - g).view(P, D)
-        if GAMMA:
-            memory.push_y(s.view(P, D), y, precondition(y))
-        else:
-            sms = torch.zeros(L, F, dtype=torch.float64)
-            sms[at] = problems.quadratic(zd, direction[at], at) * step.square()
-            memory.push(s.view(P, D), y, sms.view(P))
+        sms = torch.zeros(L, F, dtype=torch.float64)
+        sms[at] = problems.quadratic(zd, direction[at], at) * step.square()
+        memory.push(s.view(P, D), y, sms.view(P))
         flat = (f - f_new) <= _FTOL * torch.maximum(f.abs(), f_new.abs()).clamp_min(1.0)
         stuck[at] |= active[at] & (failed | flat[at])
         f, g = f_new, g_new
