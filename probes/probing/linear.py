@@ -5,11 +5,10 @@ activation tensor: folds are row masks, never copies. The objective matches scik
 ``LogisticRegression(solver="lbfgs")`` on ``StandardScaler``-transformed training rows exactly
 (binary: one sigmoid weight vector; multiclass: full softmax), so scikit-learn is the reference.
 
-The optimiser is a batched, preconditioned L-BFGS: each problem keeps its own history, step
-scale and Armijo line search, so problems do not slow each other down, and the initial inverse
-Hessian of every problem is the exact Hessian at zero built from its layer's feature correlation
-(one inverse per layer, shared by the folds). This removes the feature-correlation
-ill-conditioning of residual-stream activations, which is what makes plain L-BFGS slow here.
+The optimiser (``probes.probing.solver``) is a batched L-BFGS in which each problem keeps its
+own history, step scale and line search, preconditioned by the problem's curvature: the Hessian
+at zero first, then, a few iterations in, each fold's lumped Hessian at its iterate. It runs on
+float32 row products and finishes every layer in float64, so the stopping test is float64's.
 """
 
 from __future__ import annotations
@@ -31,7 +30,13 @@ from probes.probing import solver
 
 FORMAT = "probes.FittedProbe"
 FORMAT_VERSION = 1
-_CHUNK_BYTES = 384 * 2**20  # the solver's float64 + float32 copies of X, at most, at once
+_CHUNK_BYTES = 384 * 2**20  # the solver's working set per chunk of layers, at most
+
+
+def _layer_bytes(n: int, d: int, folds: int, k: int) -> int:
+    """The solver's working set per layer: float32 rows, float32 inverses (one per fold and a
+    shared one), and about eight float64 [n, folds, k] temporaries."""
+    return n * d * 4 + (folds + 1) * (d + 1) ** 2 * 4 + 8 * n * folds * k * 8
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,7 +129,7 @@ def fit_logistic_batched(
     n_out = 1 if n_classes == 2 else n_classes
     mean, scale = _standardise_stats(X, weights)
 
-    per_chunk = max(1, _CHUNK_BYTES // max(1, n * d * 12))
+    per_chunk = max(1, _CHUNK_BYTES // _layer_bytes(n, d, masks.shape[0], n_out))
     thetas, iters, gnorms, convs = [], [], [], []
     for start in range(0, L, per_chunk):
         sl = slice(start, min(L, start + per_chunk))

@@ -74,8 +74,9 @@ class Problems:
     """Objective, gradient and preconditioner of every (layer, fold) problem of a chunk.
 
     Parameters ``theta`` [L, F, k', d+1] are the weights on each fold's standardised features
-    and the intercept. The rows are stored once per layer, centred and scaled by the layer's
-    statistics (``u``); a fold's standardised row is ``D * u + b`` with per-fold ``D``, ``b``.
+    and the intercept. The rows are kept once per layer in float32, centred and scaled by the
+    layer's statistics (``u``); a fold's standardised row is ``D * u + b`` with per-fold
+    ``D`` and ``b``.
     """
 
     def __init__(
@@ -97,16 +98,19 @@ class Problems:
             self.labels = targets.T.to(torch.float64)  # [n, F]
         else:
             self.labels = torch.nn.functional.one_hot(targets.T, n_out).to(torch.float64)
-        self.u64 = torch.empty(L, n, d, dtype=torch.float64)
+        self.X = X
+        self.centre = torch.empty(L, d, dtype=torch.float64)
+        self.spread = torch.empty(L, d, dtype=torch.float64)
+        self.u32 = torch.empty(L, n, d, dtype=torch.float32)
         self.D = torch.empty(L, F, d, dtype=torch.float64)
         self.b = torch.empty(L, F, d, dtype=torch.float64)
         for layer in range(L):
             centre, spread = _layer_stats(X[layer])
+            self.centre[layer], self.spread[layer] = centre, spread
             for rows in row_blocks(n, d):
-                self.u64[layer, rows] = (X[layer, rows].to(torch.float64) - centre) / spread
+                self.u32[layer, rows] = (X[layer, rows].to(torch.float64) - centre) / spread
             self.D[layer] = spread / scale[layer]
             self.b[layer] = (centre - mean[layer]) / scale[layer]
-        self.u32 = self.u64.to(torch.float32)
         self.inverse = torch.empty(L, d + 1, d + 1, dtype=torch.float32)  # shared by the folds
         self.fold_inverse: Tensor | None = None  # [L, F, d+1, d+1] once a layer has its own
         self.per_fold = [False] * L
@@ -119,6 +123,11 @@ class Problems:
         self.n_train = (weights > 0).sum(1).to(torch.float64)  # [F]
         # Folds with the same labels share the curvature weights of their rows.
         _, self.label_group = torch.unique(targets, dim=0, return_inverse=True)
+
+    def rows64(self, layer: int) -> Float[Tensor, "n d"]:
+        """The layer's centred and scaled rows in float64, rebuilt when needed (only the
+        last iterations of a layer use them, so they are not kept)."""
+        return (self.X[layer].to(torch.float64) - self.centre[layer]) / self.spread[layer]
 
     def logits(
         self,
@@ -137,7 +146,7 @@ class Problems:
         v32 = v.to(torch.float32) if not all(exact) else v
         for i, layer in enumerate(layers):
             if exact[i]:
-                torch.matmul(self.u64[layer], v[i].T, out=z[i])
+                torch.matmul(self.rows64(layer), v[i].T, out=z[i])
             else:
                 z[i] = self.u32[layer] @ v32[i].T
         return z.view(R, n, F, k) + offset[:, None]
@@ -192,7 +201,7 @@ class Problems:
         raw = torch.empty(R, F * k, d1 - 1, dtype=torch.float64)
         for i, layer in enumerate(layers):
             if exact[i]:
-                torch.matmul(flat[i].T, self.u64[layer], out=raw[i])
+                torch.matmul(flat[i].T, self.rows64(layer), out=raw[i])
             else:
                 raw[i] = flat32[i].T @ self.u32[layer]
         rsum = resid.sum(1)  # [R, F, k]
