@@ -26,7 +26,7 @@ from torch import Tensor
 
 from probes.artifacts import load_artifact, save_artifact
 from probes.errors import ProbesError
-from probes.probing import solver
+from probes.probing import objective, solver
 
 FORMAT = "probes.FittedProbe"
 FORMAT_VERSION = 1
@@ -71,7 +71,7 @@ def _standardise_stats(
         shift = x.mean(0)
         m1 = torch.zeros(weights.shape[0], x.shape[1], dtype=torch.float64)
         m2 = torch.zeros_like(m1)
-        for rows in solver.row_blocks(*x.shape):  # one block unless the store is large
+        for rows in objective.row_blocks(*x.shape):  # one block unless the store is large
             xc = x[rows] - shift
             m1 += weights[:, rows] @ xc  # [F, d]
             m2 += weights[:, rows] @ xc.square()
@@ -133,7 +133,7 @@ def fit_logistic_batched(
     thetas, iters, gnorms, convs = [], [], [], []
     for start in range(0, L, per_chunk):
         sl = slice(start, min(L, start + per_chunk))
-        problems = solver.Problems(X[sl], targets, weights, mean[sl], scale[sl], lam, n_out)
+        problems = objective.Problems(X[sl], targets, weights, mean[sl], scale[sl], lam, n_out)
         theta, it, gn, conv = solver.solve(problems, max_iter, tol)
         thetas.append(theta)
         iters.append(it)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from probes.cache.store import ActivationStore, write_store
-from probes.probing import solver
+from probes.probing import objective
 from probes.probing.layerwise import fit_layerwise, layer_chunks
 from probes.probing.transfer import transfer
 
@@ -47,7 +47,7 @@ def test_out_of_core_probing_equals_the_in_memory_path(tmp_path, monkeypatch):
     store = _store(tmp_path / "s")
     whole = fit_layerwise(store, n_folds=3, n_boot=50, bow=False)
     assert whole.rows[-1]["accuracy"] > 0.6  # the planted signal is found
-    monkeypatch.setattr(solver, "ROW_BLOCK_BYTES", 37 * D * 8)  # statistics in ten row blocks
+    monkeypatch.setattr(objective, "ROW_BLOCK_BYTES", 37 * D * 8)  # statistics in ten row blocks
     chunked = fit_layerwise(
         ActivationStore.open(store.path), n_folds=3, n_boot=50, bow=False, max_working_bytes=1
     )

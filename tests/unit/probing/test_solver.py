@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from probes.probing import linear, solver
+from probes.probing import curvature, linear, objective, solver
 from probes.probing.linear import fit_logistic_batched, sklearn_reference_fit
 
 
@@ -37,7 +37,7 @@ def kfold(n: int, folds: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(fold[None, :] != np.arange(folds)[:, None])
 
 
-def objective(fit, X, y, masks, C: float = 1.0) -> np.ndarray:
+def objective_at(fit, X, y, masks, C: float = 1.0) -> np.ndarray:
     """The float64 objective of every (layer, fold) problem at the fitted weights."""
     L, F = fit.n_iter.shape
     out = np.empty((L, F))
@@ -77,12 +77,12 @@ def test_badly_conditioned_multiclass_reaches_sklearns_optimum_tightly():
             bias = fit.bias[layer, fold].numpy()
             np.testing.assert_allclose(bias, model.intercept_, atol=1e-5 * (1 + abs(bias).max()))
     # Same objective: ours is not above scikit-learn's at its own optimum.
-    ours = objective(fit, X, y, masks)
+    ours = objective_at(fit, X, y, masks)
     for layer in range(2):
         for fold in range(3):
             scaler, model = models[layer][fold]
             theirs = fit_like(fit, layer, fold, scaler, model)
-            assert ours[layer, fold] <= objective(theirs, X, y, masks)[layer, fold] + 1e-12
+            assert ours[layer, fold] <= objective_at(theirs, X, y, masks)[layer, fold] + 1e-12
 
 
 def fit_like(fit, layer: int, fold: int, scaler, model):
@@ -116,7 +116,7 @@ def problems_of(X, targets, masks, k: int):
     mean, scale = linear._standardise_stats(X, weights)
     lam = 1.0 / masks.sum(1).double()
     n_out = 1 if k == 2 else k
-    return solver.Problems(X, targets, weights, mean, scale, lam, n_out), mean, scale
+    return objective.Problems(X, targets, weights, mean, scale, lam, n_out), mean, scale
 
 
 @pytest.mark.parametrize(
@@ -144,8 +144,9 @@ def test_a_folds_preconditioner_is_its_exact_binary_hessian(split: str, labels: 
         theta[..., -1] = 0.4
     problems, mean, scale = problems_of(X, targets, masks, 2)
     z = problems.logits(theta, [0], [True])
-    problems.fold_curvature(z, [0])
-    assert problems.fold_inverse is not None
+    pre = curvature.Preconditioner(problems)
+    pre.per_fold(z, [0])
+    assert pre.fold_inverse is not None
     for fold in range(3):
         rows = masks[fold]
         x = (X[0][rows].double() - mean[0, fold]) / scale[0, fold]
@@ -159,7 +160,7 @@ def test_a_folds_preconditioner_is_its_exact_binary_hessian(split: str, labels: 
 
         hessian = torch.autograd.functional.hessian(loss, theta[0, fold, 0])
         hessian[d, d] += lam  # the preconditioner's ridge also covers the intercept
-        matrix = torch.linalg.inv(problems.fold_inverse[0, fold].double())
+        matrix = torch.linalg.inv(pre.fold_inverse[0, fold].double())
         torch.testing.assert_close(matrix, hessian, rtol=1e-3, atol=1e-3 * lam)
 
 
