@@ -62,15 +62,15 @@ class _History:
         """Two-loop recursion: minus the approximate inverse Hessian times ``g`` [P, D]."""
         q = g.clone()
         alphas = torch.zeros_like(self.rho)
-        for j in range(_HISTORY):
-            i = (self.slot - 1 - j) % _HISTORY
-            alphas[i] = self.rho[i] * (self.S[i] * q).sum(1)
-            q -= alphas[i, :, None] * self.Y[i]
+        used = [i for i in range(_HISTORY) if bool(self.rho[i].any())]  # empty after a reset
+        newest_first = sorted(used, key=lambda i: (self.slot - 1 - i) % _HISTORY)
+        for i in newest_first:
+            alphas[i] = self.rho[i] * torch.linalg.vecdot(self.S[i], q)
+            q.sub_(alphas[i, :, None] * self.Y[i])
         r = self.gamma[:, None] * precondition(q)
-        for j in range(_HISTORY):
-            i = (self.slot + j) % _HISTORY
-            beta = self.rho[i] * (self.Y[i] * r).sum(1)
-            r += (alphas[i] - beta)[:, None] * self.S[i]
+        for i in reversed(newest_first):
+            beta = self.rho[i] * torch.linalg.vecdot(self.Y[i], r)
+            r.add_((alphas[i] - beta)[:, None] * self.S[i])
         return -r
 
     def forget(self, which: Tensor) -> None:
