@@ -85,10 +85,11 @@ class Problems:
         self.n_train = (weights > 0).sum(1).to(torch.float64)  # [F]
         _, self.label_group = torch.unique(targets, dim=0, return_inverse=True)  # same labels
 
-    def rows64(self, layer: int) -> Float[Tensor, "n d"]:
-        """The layer's centred and scaled rows in float64, rebuilt when needed (only the
-        last iterations of a layer use them, so they are not kept)."""
-        return (self.X[layer].to(torch.float64) - self.centre[layer]) / self.spread[layer]
+    def rows64(self, layer: int, rows: slice) -> Float[Tensor, "rows d"]:
+        """A block of the layer's centred and scaled rows in float64, rebuilt when needed
+        (only a layer's last iterations use them, so they are not kept)."""
+        x = self.X[layer, rows].to(torch.float64)
+        return (x - self.centre[layer]) / self.spread[layer]
 
     def logits(
         self,
@@ -107,7 +108,8 @@ class Problems:
         v32 = v.to(torch.float32) if not all(exact) else v
         for i, layer in enumerate(layers):
             if exact[i]:
-                torch.matmul(self.rows64(layer), v[i].T, out=z[i])
+                for rows in row_blocks(n, d1):
+                    z[i, rows] = self.rows64(layer, rows) @ v[i].T
             else:
                 z[i] = self.u32[layer] @ v32[i].T
         return z.view(R, n, F, k) + offset[:, None]
@@ -159,10 +161,11 @@ class Problems:
         R, F, k, d1 = theta.shape
         flat = resid.view(R, -1, F * k)
         flat32 = flat.to(torch.float32) if not all(exact) else flat
-        raw = torch.empty(R, F * k, d1 - 1, dtype=torch.float64)
+        raw = torch.zeros(R, F * k, d1 - 1, dtype=torch.float64)
         for i, layer in enumerate(layers):
             if exact[i]:
-                torch.matmul(flat[i].T, self.rows64(layer), out=raw[i])
+                for rows in row_blocks(flat.shape[1], d1):
+                    raw[i] += flat[i, rows].T @ self.rows64(layer, rows)
             else:
                 raw[i] = flat32[i].T @ self.u32[layer]
         rsum = resid.sum(1)  # [R, F, k]
