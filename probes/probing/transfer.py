@@ -22,6 +22,7 @@ from probes.probing.layerwise import (
     fit_layerwise,
     layer_chunks,
     out_of_fold,
+    reading_dtype,
 )
 
 
@@ -84,12 +85,9 @@ def transfer(
     mask[0, :n_train] = True
     parts = []
     for chunk in layer_chunks(layers, len(y), train_store.d_model, max_working_bytes):
+        dtype = reading_dtype(train_store, test_store)
         X = torch.cat(
-            [
-                train_store.read(chunk, site, torch.float64),
-                test_store.read(chunk, site, torch.float64),
-            ],
-            dim=1,
+            [train_store.read(chunk, site, dtype), test_store.read(chunk, site, dtype)], dim=1
         )
         parts.append(out_of_fold(_fit_predict(X, y, mask, k, C, "torch"), mask)[:, n_train:])
         del X
