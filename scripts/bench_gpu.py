@@ -125,7 +125,7 @@ def main() -> None:
         f"{t_bare / t_ours:.2f}x |"
     )
 
-    # Probe fitting at the model's width and depth (the fitter works on the CPU in float64).
+    # Probe fitting at the model's width and depth (the fitter works on the CPU).
     from probes.probing.layerwise import encode_labels, make_splits
     from probes.probing.linear import fit_logistic_batched
 

@@ -266,8 +266,17 @@ def _text_column(store: ActivationStore) -> list[str]:
 WORKING_BYTES = 2**30  # float64 activations held at once by fit_layerwise and transfer
 
 
+def reading_dtype(*stores: ActivationStore) -> torch.dtype:
+    """The dtype probes read a store in: float32 holds every value of a float32 or
+    half-precision store exactly (the fitter takes its statistics in float64 from it, and
+    keeps float32 rows besides), so only float64 stores are read as float64."""
+    wide = any(store.request.get("dtype") == "float64" for store in stores)
+    return torch.float64 if wide else torch.float32
+
+
 def layer_chunks(layers: Sequence[int], n: int, d: int, max_bytes: int) -> list[list[int]]:
-    """``layers`` in consecutive chunks whose float64 ``[chunk, n, d]`` fits ``max_bytes``."""
+    """``layers`` in consecutive chunks whose float64 ``[chunk, n, d]`` fits ``max_bytes``
+    (the rows as read plus the fitter's float32 copy, for a float32 store)."""
     per = max(1, int(max_bytes) // max(1, n * d * 8))
     layers = list(layers)
     return [layers[i : i + per] for i in range(0, len(layers), per)]
@@ -314,10 +323,10 @@ def fit_layerwise(
     masks = splits.train_masks
     shuffled = _shuffled_within_folds(y, masks, seed) if control else None
     oof_parts, control_parts = [], []
-    # A bounded working set: a few layers at a time, read from the store's shards (float64 is
-    # what the solver works in), so a store larger than memory is probed layer by layer.
+    # A bounded working set: a few layers at a time, read from the store's shards, so a store
+    # larger than memory is probed layer by layer.
     for chunk in layer_chunks(chosen, len(store), store.d_model, max_working_bytes):
-        X = store.read(chunk, site, torch.float64)  # [chunk, n, d]
+        X = store.read(chunk, site, reading_dtype(store))  # [chunk, n, d]
         if shuffled is not None:
             # The probe and its control task are fitted as one batch of independent problems
             # (the folds twice: true labels, then labels shuffled within each training fold).

@@ -22,6 +22,7 @@ from probes.probing.layerwise import (
     fit_layerwise,
     layer_chunks,
     out_of_fold,
+    reading_dtype,
 )
 
 
@@ -85,7 +86,8 @@ def transfer(
     parts = []
     for chunk in layer_chunks(layers, len(y), train_store.d_model, max_working_bytes):
         # Both stores read into one buffer: no concatenated copy next to the two reads.
-        X = torch.empty(len(chunk), len(y), train_store.d_model, dtype=torch.float64)
+        dtype = reading_dtype(train_store, test_store)
+        X = torch.empty(len(chunk), len(y), train_store.d_model, dtype=dtype)
         train_store.read(chunk, site, out=X[:, :n_train])
         test_store.read(chunk, site, out=X[:, n_train:])
         parts.append(out_of_fold(_fit_predict(X, y, mask, k, C, "torch"), mask)[:, n_train:])
