@@ -200,12 +200,13 @@ def _spd_inverse(
     """Inverses of ``gram + ridge`` (positive semi-definite plus a diagonal ridge), with more
     ridge where float32 rounding made a matrix indefinite."""
     ridge = ridge.expand_as(gram)
-    chol, info = torch.linalg.cholesky_ex(gram + ridge)
+    # Only the optimisation path depends on the preconditioner, so it is factored in float32;
+    # a matrix float32 cannot factor is factored in float64, with more ridge if need be.
+    chol, info = torch.linalg.cholesky_ex((gram + ridge).to(torch.float32))
     jitter = 1.0
     while bool((info != 0).any()):
-        jitter *= 10
         bad = (info != 0).nonzero()[:, 0]
-        chol[bad], info[bad] = torch.linalg.cholesky_ex(gram[bad] + jitter * ridge[bad])
-    # The factor is float64 (the matrix may be badly conditioned); its inverse is used in
-    # float32 anyway, and float32 rounding of the triangular solves is far below that.
-    return torch.cholesky_inverse(chol.to(torch.float32))
+        wide, info[bad] = torch.linalg.cholesky_ex(gram[bad] + jitter * ridge[bad])
+        chol[bad] = wide.to(torch.float32)
+        jitter *= 10
+    return torch.cholesky_inverse(chol)

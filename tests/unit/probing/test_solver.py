@@ -211,3 +211,27 @@ def test_float32_rows_give_the_fit_of_their_float64_copy():
     double = fit_logistic_batched(X.double(), y, masks, 3)
     for name in ("mean", "scale", "weight", "bias", "n_iter", "grad_norm"):
         assert torch.equal(getattr(single, name), getattr(double, name)), name
+
+
+def test_preconditioners_factor_in_float32_and_fall_back_to_float64():
+    gen = torch.Generator().manual_seed(7)
+    d = 50
+    a = torch.randn(d, 2 * d, generator=gen, dtype=torch.float64)
+    well = (a @ a.T / (2 * d))[None]
+    ridge = 1e-3 * torch.eye(d, dtype=torch.float64)
+    inverse = curvature._spd_inverse(well, ridge)
+    assert inverse.dtype == torch.float32
+    exact = torch.linalg.inv(well[0] + ridge)
+    torch.testing.assert_close(inverse[0].double(), exact, rtol=1e-4, atol=1e-4)
+    # Rank 3 at scale 1e4 with a ridge of 1e-7: float32 cannot factor it, float64 can.
+    v = torch.randn(d, 3, generator=gen, dtype=torch.float64)
+    bad = torch.cat([(v @ v.T * 1e4)[None], well])
+    tiny = 1e-7 * torch.eye(d, dtype=torch.float64)
+    assert int(torch.linalg.cholesky_ex((bad[0] + tiny).float())[1]) != 0
+    both = curvature._spd_inverse(bad, tiny)
+    assert bool(torch.isfinite(both).all())
+    eig = torch.linalg.eigvalsh(both[0].double())
+    assert float(eig.min()) > -1e-6 * float(eig.max())  # positive up to float32 rounding
+    torch.testing.assert_close(
+        both[1].double(), torch.linalg.inv(well[0] + tiny), rtol=1e-3, atol=1e-2
+    )
