@@ -36,8 +36,11 @@ def _handle_train(args: argparse.Namespace) -> int:
     def step(i: int, n: int, name: str) -> None:
         print(f"[{i + 1}/{n}] {name}", file=sys.stderr, flush=True)
 
+    from probes.pipeline.readers import READER_SIZE
+
+    size = args.size or READER_SIZE
     bundle = train_readers(
-        model, tuple(args.attributes), size=args.size, on_attribute=step, progress=True
+        model, tuple(args.attributes), size=size, on_attribute=step, progress=True
     )
     tensors, meta = bundle.save(Path(args.out))
     _print_bundle(bundle)
@@ -117,7 +120,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DATASET",
         help="built-in attribute datasets (default: all seven)",
     )
-    train.add_argument("--size", type=int, default=256, help="examples per dataset (default 256)")
+    train.add_argument("--size", type=int, default=None, help="examples per dataset (default 128)")
     train.add_argument("--out", required=True, help="bundle folder (readers.json + .safetensors)")
     train.set_defaults(func=_handle_train)
 

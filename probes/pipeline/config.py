@@ -117,7 +117,7 @@ class ReadersStageConfig:
     """The dashboard's reader bundle, fitted (or reused from the cache) into the run folder."""
 
     attributes: tuple[str, ...] = ()  # which probed attributes (empty: every one)
-    size: int | None = None  # examples per attribute (None: the probes stage's, else 256)
+    size: int | None = None  # examples per attribute (None: the probes stage's, else 128)
 
 
 @dataclass(frozen=True)

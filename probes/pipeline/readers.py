@@ -17,7 +17,7 @@ from probes.pipeline.stage_cache import model_key, stage_key
 from probes.readers import READER_ATTRIBUTES, ReaderBundle, train_readers
 from probes.readers.bundle import BUNDLE_NAME
 
-READER_SIZE = 256  # examples per attribute dataset (whole twin sets); the dashboard's default
+READER_SIZE = 128  # examples per attribute dataset (whole twin sets); the dashboard's default
 
 
 def readers_cache_root() -> Path:
