@@ -10,6 +10,7 @@ from typing import Any
 
 from probes.cli.args import add_model_args
 from probes.errors import ProbesError
+from probes.validate import int_arg
 
 DEFAULT_PORT = 8765
 DEFAULT_BAND = (0.5,)  # fractions of the depth
@@ -120,7 +121,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DATASET",
         help="built-in attribute datasets (default: all seven)",
     )
-    train.add_argument("--size", type=int, default=None, help="examples per dataset (default 128)")
+    train.add_argument(
+        "--size", type=int_arg(1), default=None, help="examples per dataset (default 128)"
+    )
     train.add_argument("--out", required=True, help="bundle folder (readers.json + .safetensors)")
     train.set_defaults(func=_handle_train)
 
@@ -129,7 +132,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     dash.add_argument("--readers", default=None, help="a bundle folder (default: fit and cache)")
     dash.add_argument("--port", type=int, default=DEFAULT_PORT, help="default %(default)s")
     dash.add_argument("--host", default="127.0.0.1", help="default %(default)s (this machine)")
-    dash.add_argument("--size", type=int, default=None, help="examples per dataset when fitting")
+    dash.add_argument(
+        "--size", type=int_arg(1), default=None, help="examples per dataset when fitting"
+    )
     dash.add_argument("--band", default=None, help="default steering layers, e.g. '6-9'")
     dash.add_argument(
         "--strength",

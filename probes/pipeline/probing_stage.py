@@ -4,18 +4,14 @@ own cached unit, and the positions it extracts for the transfer stage in the sam
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from probes.models.loading import LoadedModel
 from probes.pipeline.config import ProbeStageConfig, RunConfig
+from probes.pipeline.messages import say
 from probes.pipeline.stage_cache import StageRunner
-
-
-def _say(message: str) -> None:
-    print(f"[probes run] {message}", file=sys.stderr, flush=True)
 
 
 def probe_layers(model: LoadedModel, cfg: ProbeStageConfig) -> list[int] | None:
@@ -118,8 +114,8 @@ def _probe_attribute(
     store_args: dict[str, Any] = {
         "render_spec": RenderSpec(frame=cfg.frame),  # type: ignore[arg-type]
         "layers": "all",
+        "batch_size": cfg.batch_size,
     }
-    store_args["batch_size"] = cfg.batch_size
     if cfg.workers > 1 or cfg.ray_address:
         store_args.update(workers=cfg.workers, ray_address=cfg.ray_address)
 
@@ -141,13 +137,13 @@ def _probe_attribute(
         )
 
     dataset = load_dataset(name, size=cfg.size, seed=cfg.seed)
-    _say(f"probes: {name} ({len(dataset)} examples)")
+    say(f"probes: {name} ({len(dataset)} examples)")
     result = probe(dataset, position=cfg.position)
     save_figure(plot_layerwise(result), figures / f"probe_{dataset.attribute}")
     unit: dict[str, Any] = {"result": result.to_dict()}
     if with_reading:
         suffix = f" I think the {dataset.attribute.replace('_', ' ')} of this user is"
-        _say(f"probes: reading probe for {name} at the suffix {suffix!r}")
+        say(f"probes: reading probe for {name} at the suffix {suffix!r}")
         read = probe(dataset, position="suffix", suffix=suffix)
         save_figure(
             plot_reading_vs_control(read, result),

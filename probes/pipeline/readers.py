@@ -5,7 +5,6 @@ dashboard (which fits one on first start when it is given none)."""
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 from probes.errors import ProbesError
 from probes.models.loading import LoadedModel, probes_home
+from probes.pipeline.messages import say
 from probes.pipeline.stage_cache import model_key, stage_key
 from probes.readers import READER_ATTRIBUTES, ReaderBundle, train_readers
 from probes.readers.bundle import BUNDLE_NAME
@@ -81,9 +81,6 @@ def stage_readers(
     """``probes run``'s reader stage: the (cached) bundle, copied into ``out/readers``.
 
     ``size`` is the probes stage's (so its datasets are the same ones), else READER_SIZE."""
-
-    def say(message: str) -> None:
-        print(f"[probes run] {message}", file=sys.stderr, flush=True)
 
     size = size or READER_SIZE
     say(f"readers: {len(attributes)} attributes, {size} examples each")

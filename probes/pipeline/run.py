@@ -14,7 +14,8 @@ import torch
 from probes import __version__
 from probes.atomic import atomic_write_json, make_dirs
 from probes.models.loading import LoadedModel
-from probes.pipeline.probing_stage import _say, probe_layers, shared_positions, stage_probes
+from probes.pipeline.messages import say
+from probes.pipeline.probing_stage import probe_layers, shared_positions, stage_probes
 from probes.pipeline.stage_cache import StageRunner
 
 # A first look at implicit personalization: the same request with UK vs US cues, and whether the
@@ -214,7 +215,7 @@ def run_main_job(options: RunOptions) -> int:
     # the weights fingerprint does not cover the HF config (soft-cap, rope...): key on it too,
     # but not on where the model folder is (StageRunner drops the location)
     identity = {**model.describe(), **model_key(model)}
-    runner = StageRunner(cache, identity, out, say=_say)
+    runner = StageRunner(cache, identity, out, say=say)
     # Every stage reads the same stores (the probes stage's size, every layer, last token), so
     # a run extracts each dataset once.
     size = config.probes.size

@@ -5,7 +5,6 @@ figures into the run folder's ``figures/``."""
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,8 @@ from probes.pipeline.config import (
     InterventionStageConfig,
     MediationStageConfig,
 )
+from probes.pipeline.messages import say
 from probes.pipeline.stage_cache import StageRunner
-
-
-def _say(message: str) -> None:
-    print(f"[probes run] {message}", file=sys.stderr, flush=True)
-
 
 # Layer choices that scale with depth: fractions of the model's layers (the last layer is -1).
 AUTO_LAYERS: dict[str, dict[str, tuple[float, ...]]] = {
@@ -71,7 +66,7 @@ def stage_interventions(
     layers = _auto_layers(model, cfg.layers)
     chosen_layer = layers[len(layers) // 2]
     if "steering" in stages:
-        _say(f"steering: {cfg.attribute}, layers {layers}, strengths {list(cfg.strengths)}")
+        say(f"steering: {cfg.attribute}, layers {layers}, strengths {list(cfg.strengths)}")
         steering = run_steering(
             model,
             cfg.attribute,
@@ -89,24 +84,24 @@ def stage_interventions(
             chosen_layer = int(best["layer"])
     if "patching" in stages:
         patch_layers = _auto_layers(model, cfg.patch_layers, "patching")
-        _say(f"patching: {cfg.attribute}, {len(patch_layers)} layers")
+        say(f"patching: {cfg.attribute}, {len(patch_layers)} layers")
         try:
             result["patching"] = run_patching(model, cfg.attribute, patch_layers, figures)[
                 "patching"
             ]
         except ProbesError as exc:  # e.g. no twin pairs of equal token length on this model
-            _say(f"patching skipped: {exc}")
+            say(f"patching skipped: {exc}")
             result["patching_skipped"] = str(exc)
     if "erasure" in stages:
         layer = chosen_layer if cfg.erase_layer == "auto" else int(cfg.erase_layer)
         dataset = load_dataset(CUES[cfg.attribute].dataset, size=store_size)
         store = extract_dataset(model, dataset, layers="all")
         later = sorted({min(model.n_layers - 1, layer + k) for k in (1, 2, 4, 8)})
-        _say(f"erasure: LEACE at layer {layer}, fresh probes at {sorted({layer, *later})}")
+        say(f"erasure: LEACE at layer {layer}, fresh probes at {sorted({layer, *later})}")
         erasure = probe_after_erasure(model, store, layer, later, max_test_rows=cfg.erase_test_rows)
         band = list(range(layer, min(model.n_layers, layer + cfg.erase_band)))
         base, source = CUES[cfg.attribute].lowering, CUES[cfg.attribute].raising
-        _say(f"erasure: cue effect with layers {band} erased / ablated")
+        say(f"erasure: cue effect with layers {band} erased / ablated")
         erasure["band"] = effect_under_band(model, store, cfg.attribute, band, base, source)
         result["erasure"] = erasure
     return result
@@ -144,7 +139,7 @@ def _mediation_case(
 
     case = case_study(name)
     layers = _auto_layers(model, cfg.layers, "mediation")
-    _say(f"mediation: {case.name} ({case.question})")
+    say(f"mediation: {case.name} ({case.question})")
     result = analyse_case_study(
         model,
         case,
@@ -182,7 +177,7 @@ def stage_audit(
     from probes.audit.run import run_audit
     from probes.viz.audit import write_audit_figures
 
-    _say(f"audit: {cfg.max_items or 'all'} items per set, policy {cfg.policy or 'default'}")
+    say(f"audit: {cfg.max_items or 'all'} items per set, policy {cfg.policy or 'default'}")
     result = run_audit(
         model,
         max_items=cfg.max_items,

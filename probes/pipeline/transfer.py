@@ -11,13 +11,13 @@ set validates (the report says so).
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from probes.models.loading import LoadedModel
 from probes.pipeline.config import ProbeStageConfig, TransferStageConfig
+from probes.pipeline.messages import say
 from probes.pipeline.stage_cache import StageRunner
 
 READ_OUT_SUFFIX = " I think the {attribute} of this user is"
@@ -27,10 +27,6 @@ BEHAVIOUR_OF = {"dialect_us_uk": "dialect", "proficiency": "proficiency", "belie
 # a last-prompt-token projection on the persona vector and trait expression.
 PERSONA_VECTOR_R = (0.75, 0.83)
 MAX_GAP = 0.20  # in-distribution above transfer by more than this: the report warns
-
-
-def _say(message: str) -> None:
-    print(f"[probes run] {message}", file=sys.stderr, flush=True)
 
 
 def _styles_for(name: str, cfg: TransferStageConfig, pcfg: ProbeStageConfig) -> dict[str, Any]:
@@ -112,7 +108,7 @@ def transfer_attribute(
         return {"skipped": "no held-out or chatty corpus to validate and test on"}
     settings = [setting_key(p, f) for p in cfg.positions for f in cfg.frames]
     sizes = {k: len(ds) for k, ds in parts["styles"].items()}
-    _say(f"transfer: {name}, styles {sizes}, settings {settings}, C {list(cfg.Cs)}")
+    say(f"transfer: {name}, styles {sizes}, settings {settings}, C {list(cfg.Cs)}")
     styles = [Style(k, _stores(model, ds, settings, pcfg)) for k, ds in parts["styles"].items()]
     selection = select_settings(
         styles,
@@ -121,7 +117,7 @@ def transfer_attribute(
         layers=layers,
         attribute=parts["styles"]["templated"].attribute,
     )
-    _say(f"transfer: {name} chose {selection.reason}")
+    say(f"transfer: {name} chose {selection.reason}")
     chosen = selection.chosen["setting"]
     test_store = _stores(model, parts["test"], [chosen], pcfg)[chosen]
     report = score_on_test(

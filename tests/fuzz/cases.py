@@ -690,6 +690,8 @@ CASES: list[Case] = [
         "value",
         ("cache", *TINY, "--dataset", "dialect_us_uk", "--size", "0", "--out", "{w}/c"),
     ),
+    Case("readers-size-zero", "value", ("readers", "train", "--size", "0", "--out", "{w}/r")),
+    Case("dashboard-size-negative", "value", ("dashboard", "--size", "-3")),
     Case(
         "cache-batch-size-zero",
         "value",
