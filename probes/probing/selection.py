@@ -4,8 +4,11 @@ A *style* is one source of training text: the templated set, the conversation se
 hand-written chatty corpus, a user file. Each style comes as a store per *setting* (a read-out
 position and a prompt frame, e.g. ``last/raw``). Selection is leave-one-style-out: for every
 setting, regularisation ``C`` and layer, a probe is trained on all styles but one and scored on
-the one left out, for each validation style in turn; the candidate with the best mean validation
-accuracy wins (ties: the earlier layer, then the smaller C). The test set plays no part in it.
+the one left out, for each validation style in turn; the candidate with the lowest mean validation
+log-loss wins (ties: the earlier layer, then the smaller C). Log-loss, not accuracy: on a few dozen
+validation rows accuracy ties among many candidates and flips on one row, so a solver's stopping
+point could change the choice; a proper scoring rule does not tie (`scripts/selection_rules.py`
+compares the rules on the validation styles alone). The test set plays no part in it.
 Then one probe is trained on every style at the chosen setting and scored on the test set: at
 the chosen layer (the headline), at every layer (its best is optimistic: chosen on the test),
 with a bag-of-words model trained and tested the same way, calibration (expected calibration
@@ -67,8 +70,9 @@ class Selection:
     def reason(self) -> str:
         c = self.chosen
         return (
-            f"{c['setting']} at layer {c['layer']}, C={c['C']:g}: best mean accuracy "
-            f"({c['validation_accuracy']:.3f}) when trained without and tested on each of "
+            f"{c['setting']} at layer {c['layer']}, C={c['C']:g}: lowest mean log-loss "
+            f"({c['validation_log_loss']:.3f}; accuracy {c['validation_accuracy']:.3f}) when "
+            "trained without and tested on each of "
             f"{', '.join(self.validation)} ({len(self.grid)} candidates over "
             f"{len(self.settings)} settings, {len(self.Cs)} C values, {len(self.layers)} layers); "
             "the test set was not used"
@@ -133,9 +137,14 @@ def select_settings(
         for C in Cs:
             proba = _fit_predict(X, y, masks, len(classes), float(C), "torch")  # [L, F, n, k]
             hits = proba.argmax(-1) == y[None, None, :]  # [L, F, n]
+            true_p = np.take_along_axis(proba, y[None, None, :, None], axis=-1)[..., 0]
+            nll = -np.log(np.clip(true_p, 1e-12, 1.0))  # [L, F, n]
             for i, layer in enumerate(chosen_layers):
                 per_style = {
                     v: float(hits[i, f, ~masks[f]].mean()) for f, v in enumerate(validation)
+                }
+                per_style_ll = {
+                    v: float(nll[i, f, ~masks[f]].mean()) for f, v in enumerate(validation)
                 }
                 grid.append(
                     {
@@ -144,9 +153,11 @@ def select_settings(
                         "layer": int(layer),
                         "validation_accuracy": float(np.mean(list(per_style.values()))),
                         "per_style": per_style,
+                        "validation_log_loss": float(np.mean(list(per_style_ll.values()))),
+                        "per_style_log_loss": per_style_ll,
                     }
                 )
-    best = max(grid, key=lambda r: (round(r["validation_accuracy"], 12), -r["layer"], -r["C"]))
+    best = min(grid, key=lambda r: (round(r["validation_log_loss"], 12), r["layer"], r["C"]))
     position, frame = best["setting"].split("/")
     chosen = {**best, "position": position, "frame": frame}
     return Selection(

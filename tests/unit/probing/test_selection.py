@@ -62,6 +62,28 @@ def test_selection_finds_the_setting_and_layer_that_carry_across_styles(styles) 
     assert "the test set was not used" in sel.reason and "last/raw at layer 2" in sel.reason
 
 
+def test_selection_breaks_accuracy_ties_by_log_loss(tmp_path) -> None:
+    """Every layer reads the shared direction perfectly, but layer 2 with the larger margin:
+    accuracy ties at 1.0 everywhere (the old rule took layer 0), log-loss picks layer 2."""
+    styles = []
+    for k, name in enumerate(("templated", "conversations", "chatty")):
+        gen = torch.Generator().manual_seed(k)
+        y = torch.arange(96) % 2
+        acts = torch.randn(96, LAYERS, D, generator=gen)
+        for layer, margin in enumerate((4.5, 5.0, 9.0)):
+            acts[:, layer, 0] += (2 * y - 1) * margin
+        table = [{"label": "ab"[int(v)], "group": f"s{k}f{i % 6}"} for i, v in enumerate(y)]
+        styles.append(
+            Style(name, {"last/raw": write_store(tmp_path / name, {"resid_post": acts}, table)})
+        )
+    sel = select_settings(styles, validation=["conversations", "chatty"], Cs=(1.0,))
+    assert all(r["validation_accuracy"] == 1.0 for r in sel.grid)
+    assert sel.chosen["layer"] == 2
+    losses = [r["validation_log_loss"] for r in sel.grid]
+    assert sel.chosen["validation_log_loss"] == min(losses) and losses[0] > losses[2]
+    assert "lowest mean log-loss" in sel.reason
+
+
 def test_held_out_score_with_baselines_and_in_set_reference(styles, tmp_path) -> None:
     sel = select_settings(styles, validation=["conversations", "chatty"], Cs=(1.0,))
     test = style_store(tmp_path / "test", 3, 60, 2, seed=99)
