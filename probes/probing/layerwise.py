@@ -189,11 +189,12 @@ def _fit_predict(
     y: np.ndarray,
     train_masks: np.ndarray,
     n_classes: int,
-    C: float,
+    C: float | Sequence[float],
     backend: str,
     y_per_fold: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Per-fold class probabilities [layers, folds, n, k] for X [layers, n, d]."""
+    """Per-fold class probabilities [layers, folds, n, k] for X [layers, n, d]; ``C`` is one
+    value or one per fold."""
     if backend == "torch":
         from probes.probing.linear import fit_logistic_batched, predict_proba_batched
 
@@ -216,19 +217,20 @@ def _sklearn_fit_predict(
     y: np.ndarray,
     train_masks: np.ndarray,
     n_classes: int,
-    C: float,
+    C: float | Sequence[float],
     y_per_fold: np.ndarray | None,
 ) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     n_layers, n, _ = X.shape
+    Cs = np.broadcast_to(np.asarray(C, dtype=float).reshape(-1), (len(train_masks),))
     out = np.zeros((n_layers, len(train_masks), n, n_classes))
     for layer in range(n_layers):
         for f, mask in enumerate(train_masks):
             labels = y if y_per_fold is None else y_per_fold[f]
             scaler = StandardScaler().fit(X[layer, mask])
-            clf = LogisticRegression(C=C, max_iter=5000, tol=1e-6)
+            clf = LogisticRegression(C=float(Cs[f]), max_iter=5000, tol=1e-6)
             clf.fit(scaler.transform(X[layer, mask]), labels[mask])
             proba = clf.predict_proba(scaler.transform(X[layer]))
             out[layer, f][:, clf.classes_] = proba

@@ -103,7 +103,7 @@ def fit_logistic_batched(
     train_masks: Bool[Tensor, "folds n"],
     n_classes: int,
     *,
-    C: float = 1.0,
+    C: float | Sequence[float] = 1.0,
     max_iter: int = 500,
     tol: float = 1e-6,
     y_per_fold: Int[Tensor, "folds n"] | None = None,
@@ -112,6 +112,7 @@ def fit_logistic_batched(
 
     Minimises ``C * sum_i loss_i + ||W||^2 / 2`` (intercept free), as scikit-learn's lbfgs does,
     for all problems at once; ``y_per_fold`` (e.g. shuffled control labels) overrides ``y``.
+    ``C`` may be one value per fold (a grid of C values fitted as extra folds in one call).
     """
     X = torch.as_tensor(X)
     if X.ndim != 3:
@@ -130,7 +131,10 @@ def fit_logistic_batched(
         )
     if n_classes < 2:
         raise ProbesError(f"A logistic probe needs at least two classes; got {n_classes}.")
-    if not 0 < C < float("inf"):
+    Cs = torch.as_tensor(C, dtype=torch.float64).reshape(-1)
+    if Cs.numel() not in (1, masks.shape[0]):
+        raise ProbesError(f"C must be one value or one per fold ({masks.shape[0]}); got {C}.")
+    if not bool(((Cs > 0) & (Cs < float("inf"))).all()):
         raise ProbesError(f"C must be a positive finite number; got {C}.")
     if bool(((targets < 0) | (targets >= n_classes)).any()):
         raise ProbesError(f"Labels must be class ids in 0..{n_classes - 1}.")
@@ -138,7 +142,7 @@ def fit_logistic_batched(
     if bool((n_train == 0).any()):
         raise ProbesError("Every fold needs at least one training row.")
     weights = masks.to(torch.float64) / n_train[:, None].to(torch.float64)
-    lam = 1.0 / (C * n_train.to(torch.float64))
+    lam = 1.0 / (Cs * n_train.to(torch.float64))
     n_out = 1 if n_classes == 2 else n_classes
     mean, scale = _standardise_stats(X, weights)
 

@@ -132,10 +132,14 @@ def select_settings(
             raise ProbesError(f"without style {v!r} some class has no training example")
     chosen_layers = _shared_layers([st for s in styles for st in s.stores.values()], layers)
     grid: list[dict[str, Any]] = []
+    n_folds = len(masks)
     for setting in settings:
         X = _stack([s.stores[setting] for s in styles], chosen_layers, site)
-        for C in Cs:
-            proba = _fit_predict(X, y, masks, len(classes), float(C), "torch")  # [L, F, n, k]
+        # Every C as extra folds of one batched fit: [L, C x F, n, k].
+        per_c = [float(c) for c in Cs for _ in range(n_folds)]
+        all_proba = _fit_predict(X, y, np.tile(masks, (len(Cs), 1)), len(classes), per_c, "torch")
+        for c_index, C in enumerate(Cs):
+            proba = all_proba[:, c_index * n_folds : (c_index + 1) * n_folds]  # [L, F, n, k]
             hits = proba.argmax(-1) == y[None, None, :]  # [L, F, n]
             true_p = np.take_along_axis(proba, y[None, None, :, None], axis=-1)[..., 0]
             nll = -np.log(np.clip(true_p, 1e-12, 1.0))  # [L, F, n]

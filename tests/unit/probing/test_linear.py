@@ -107,6 +107,25 @@ def test_per_fold_labels_are_honoured():
     torch.testing.assert_close(plain.weight[0, 1], plain.weight[0, 0])
 
 
+def test_per_fold_C_fits_each_fold_at_its_own_C():
+    """A grid of C values as extra folds of one call: each fold reaches the optimum a
+    separate call at its C reaches (the minimiser, not the iterate, is what is shared)."""
+    n, d = 300, 16
+    X, y = activations(n, d, layers=2, k=3, signal=1.0, seed=4)
+    one = fold_masks(n, folds=2, seed=4)
+    masks = one.repeat(2, 1)  # folds (a, b) at C=0.05, then the same folds at C=5
+    grid = fit_logistic_batched(X, y, masks, 3, C=[0.05, 0.05, 5.0, 5.0], tol=1e-9)
+    for c_index, C in enumerate((0.05, 5.0)):
+        alone = fit_logistic_batched(X, y, one, 3, C=C, tol=1e-9)
+        part = grid.weight[:, 2 * c_index : 2 * c_index + 2]
+        torch.testing.assert_close(part, alone.weight, atol=1e-4, rtol=1e-3)
+    assert not torch.allclose(grid.weight[:, :2], grid.weight[:, 2:], atol=1e-2)
+    with pytest.raises(ProbesError, match="one per fold"):
+        fit_logistic_batched(X, y, masks, 3, C=[1.0, 2.0])
+    with pytest.raises(ProbesError, match="positive finite"):
+        fit_logistic_batched(X, y, masks, 3, C=[1.0, 1.0, 0.0, 1.0])
+
+
 def test_multiclass_per_fold_labels_match_sklearn():
     n, d = 240, 12
     X, y = activations(n, d, layers=1, k=3, signal=1.5, seed=3)
