@@ -44,7 +44,10 @@ class ProbeStageConfig:
     folds: int = 5
     C: float = 1.0
     n_boot: int = 1000
-    reading_attribute: str | None = "dialect_us_uk"  # also probe at a read-out suffix
+    # Also probe this attribute at a read-out suffix, on the probes stage's set and frame (one
+    # more pass over it). Off by default: the readers stage fits both TalkTuner probes for
+    # every attribute from one chat-frame pass and draws their curves (figures/reader_*.png).
+    reading_attribute: str | None = None
     workers: int = 1  # >1: extract on a Ray actor pool (pip install -e ".[ray]")
     ray_address: str | None = None  # an existing Ray cluster; None starts one on this machine
 

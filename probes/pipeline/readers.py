@@ -93,4 +93,10 @@ def stage_readers(
         shutil.copyfile(folder / name, target / name)
     if reused:
         say(f"readers: reused from the cache ({folder.name})")
+    from probes.viz.export import save_figure
+    from probes.viz.probing import plot_reader_curves
+
+    for reader in bundle.readers.values():
+        if reader.scores.get("by_layer"):  # bundles cached before the curves were kept lack it
+            save_figure(plot_reader_curves(reader), out / "figures" / f"reader_{reader.attribute}")
     return {"folder": "readers", "frame": bundle.frame, "summary": bundle.summary()}

@@ -135,6 +135,10 @@ def train_reader(
         scores[f"{kind}_best_accuracy"] = fit.best()["accuracy"]
         scores[f"{kind}_best_layer"] = fit.best_layer
     scores["majority_accuracy"] = fits["reading"].majority_accuracy
+    scores["by_layer"] = {  # the curves of both probes (`probes.viz.plot_reader_curves`)
+        kind: [{k: r[k] for k in ("layer", "accuracy", "ci_low", "ci_high")} for r in fit.rows]
+        for kind, fit in fits.items()
+    }
     classes = tuple(fits["reading"].labels)
     directions, norms = class_directions(last, classes)
     return Reader(

@@ -233,6 +233,38 @@ def _interventions(result: dict[str, Any]) -> list[Section]:
     return sections
 
 
+def _readers(readers: dict[str, Any]) -> list[Section]:
+    """The dashboard's readers: TalkTuner's reading probe against its control, per attribute."""
+    rows = [
+        {
+            "attribute": r["attribute"],
+            "classes": len(r["classes"]),
+            "reading layer": r["reading_layer"],
+            "reading accuracy": r["reading_accuracy"],
+            "control layer": r["control_layer"],
+            "control accuracy": r["control_accuracy"],
+            "majority": r["majority_accuracy"],
+        }
+        for r in readers["summary"]
+    ]
+    figures = tuple(
+        f"figures/reader_{r['attribute']}" for r in readers["summary"] if "by_layer" in r
+    )
+    return [
+        Section(
+            title="Readers: reading probe vs control probe (the dashboard's probes)",
+            reading=(
+                "Per attribute, in the frame the dashboard chats in: TalkTuner's reading probe "
+                "reads the residual at the end of the read-out suffix, the control probe the "
+                "last prompt token of the same pass. Accuracy on held-out template families; "
+                "each reader uses the earliest layer within 0.02 of its best."
+            ),
+            figures=figures,
+            table=tuple(rows),
+        )
+    ]
+
+
 def build_sections(stages: dict[str, Any]) -> list[Section]:
     """Every section whose stage ran, in reading order."""
     sections: list[Section] = []
@@ -252,6 +284,8 @@ def build_sections(stages: dict[str, Any]) -> list[Section]:
         from probes.report.audit import audit_sections
 
         sections += audit_sections(stages["audit"])
+    if "readers" in stages and stages["readers"].get("summary"):
+        sections += _readers(stages["readers"])
     return sections
 
 

@@ -9,6 +9,7 @@ from probes.viz.mediation import (
 from probes.viz.probing import (
     plot_layerwise,
     plot_overview,
+    plot_reader_curves,
     plot_reading_vs_control,
     plot_transfer,
     plot_transfer_bars,
@@ -30,6 +31,7 @@ __all__ = [
     "plot_overview",
     "plot_pareto",
     "plot_patching",
+    "plot_reader_curves",
     "plot_reading_vs_control",
     "plot_transfer",
     "plot_transfer_bars",

@@ -3,24 +3,30 @@ attributes, reading vs control probes, and transfer."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
 
+from probes.errors import ProbesError
 from probes.probing.layerwise import LayerwiseResult
 from probes.viz.theme import PALETTE, rgba, themed
 
 
 def _accuracy_trace(
-    fig: go.Figure, result: LayerwiseResult, name: str, color: str, band: bool = True
+    fig: go.Figure,
+    rows: Sequence[Mapping[str, Any]],
+    name: str,
+    color: str,
+    band: bool = True,
 ) -> None:
-    layers = [r["layer"] for r in result.rows]
+    """Accuracy by layer from result rows (``layer``, ``accuracy``, ``ci_low``, ``ci_high``)."""
+    layers = [r["layer"] for r in rows]
     if band:
         fig.add_trace(
             go.Scatter(
                 x=layers + layers[::-1],
-                y=[r["ci_high"] for r in result.rows] + [r["ci_low"] for r in result.rows][::-1],
+                y=[r["ci_high"] for r in rows] + [r["ci_low"] for r in rows][::-1],
                 fill="toself",
                 fillcolor=rgba(color, 0.18),
                 line={"width": 0},
@@ -31,7 +37,7 @@ def _accuracy_trace(
     fig.add_trace(
         go.Scatter(
             x=layers,
-            y=[r["accuracy"] for r in result.rows],
+            y=[r["accuracy"] for r in rows],
             mode="lines+markers",
             name=name,
             line={"color": color, "width": 2.5},
@@ -43,7 +49,7 @@ def _accuracy_trace(
 def plot_layerwise(result: LayerwiseResult) -> go.Figure:
     """Probe accuracy vs layer with its 95% band, the control task, majority and BoW lines."""
     fig = go.Figure()
-    _accuracy_trace(fig, result, "probe accuracy (95% CI)", PALETTE[0])
+    _accuracy_trace(fig, result.rows, "probe accuracy (95% CI)", PALETTE[0])
     layers = [r["layer"] for r in result.rows]
     fig.add_trace(
         go.Scatter(
@@ -103,19 +109,50 @@ def plot_overview(results: Sequence[LayerwiseResult]) -> go.Figure:
     )
 
 
-def plot_reading_vs_control(reading: LayerwiseResult, control: LayerwiseResult) -> go.Figure:
-    """TalkTuner's two probes: at the end of a read-out suffix vs at the last prompt token."""
+def _reading_vs_control(
+    attribute: str,
+    reading: Sequence[Mapping[str, Any]],
+    control: Sequence[Mapping[str, Any]],
+    majority: float,
+    note: str = "",
+) -> go.Figure:
     fig = go.Figure()
     _accuracy_trace(fig, reading, "reading probe (end of read-out suffix)", PALETTE[0])
     _accuracy_trace(fig, control, "control probe (last prompt token)", PALETTE[2])
     fig.add_hline(
-        y=reading.majority_accuracy,
+        y=majority,
         line={"color": "#444", "dash": "dash", "width": 1.5},
         annotation_text="majority class",
         annotation_position="bottom right",
     )
     fig.update_yaxes(range=[0, 1.02])
-    return themed(fig, f"<b>{reading.attribute}</b>: reading vs control probe", "layer", "accuracy")
+    title = f"<b>{attribute}</b>: reading vs control probe{note}"
+    return themed(fig, title, "layer", "accuracy")
+
+
+def plot_reading_vs_control(reading: LayerwiseResult, control: LayerwiseResult) -> go.Figure:
+    """TalkTuner's two probes: at the end of a read-out suffix vs at the last prompt token."""
+    return _reading_vs_control(
+        reading.attribute, reading.rows, control.rows, reading.majority_accuracy
+    )
+
+
+def plot_reader_curves(reader: Any) -> go.Figure:
+    """A dashboard reader's two probes by layer (from its bundle's scores): the reading probe
+    at the end of the read-out suffix and the control at the last prompt token, in the chat
+    frame the dashboard reads."""
+    by_layer = reader.scores.get("by_layer")
+    if not by_layer:
+        raise ProbesError(f"the {reader.attribute} reader has no per-layer scores; refit it")
+    n = reader.scores.get("n_examples")
+    note = f" ({n} examples, chat frame)" if n else ""
+    return _reading_vs_control(
+        reader.attribute,
+        by_layer["reading"],
+        by_layer["control"],
+        float(reader.scores["majority_accuracy"]),
+        note,
+    )
 
 
 def plot_transfer(matrix: dict[str, Any]) -> go.Figure:

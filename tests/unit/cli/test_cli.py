@@ -60,8 +60,8 @@ def test_run_on_tiny_model_writes_results_and_figures(tmp_path, capsys, monkeypa
     assert results["stages"]["dialect_first_look"]["n_pairs"] >= 3
     summary = results["stages"]["probes"]["summary"]
     assert [row["attribute"] for row in summary] == ["dialect", "age"]
-    assert results["stages"]["probes"]["reading_probe"]["suffix"].startswith(" I think")
-    for name in ["probe_dialect", "probe_age", "probe_overview", "reading_vs_control_dialect"]:
+    assert results["stages"]["probes"]["reading_probe"] is None  # the readers stage has it
+    for name in ["probe_dialect", "probe_age", "probe_overview", "reader_dialect", "reader_age"]:
         assert (out / "figures" / f"{name}.html").is_file()
     assert "best layer" in capsys.readouterr().out
     # every later stage ran and the report holds a section for each
@@ -74,7 +74,16 @@ def test_run_on_tiny_model_writes_results_and_figures(tmp_path, capsys, monkeypa
     assert stages["interventions"]["steering"]["sweep"]["rows"]
     assert set(stages["mediation"]) == {"dialect", "proficiency", "echo_chamber"}
     report = (out / "report.html").read_text()
-    for title in ("Probes:", "Steering dialect", "Mediation: dialect", "Concept erasure"):
+    readers = {r["attribute"]: r for r in stages["readers"]["summary"]}
+    curve = readers["dialect"]["by_layer"]["reading"]
+    assert [r["layer"] for r in curve] == list(range(results["model"]["n_layers"]))
+    for title in (
+        "Probes:",
+        "Steering dialect",
+        "Mediation: dialect",
+        "Concept erasure",
+        "Readers:",
+    ):
         assert title in report
 
 

@@ -157,3 +157,26 @@ def test_one_pass_reads_the_control_at_the_prompts_last_token(tiny_gemma, tmp_pa
     )
     for layer in alone.layers:
         torch.testing.assert_close(inside.get(layer), alone.get(layer), atol=1e-5, rtol=1e-4)
+
+
+def test_reader_keeps_both_curves_and_draws_them(bundle, tiny_gemma):
+    import dataclasses
+
+    from probes.errors import ProbesError
+    from probes.viz import plot_reader_curves
+
+    reader = bundle.readers["dialect"]
+    curves = reader.scores["by_layer"]
+    assert [r["layer"] for r in curves["reading"]] == list(range(tiny_gemma.n_layers))
+    row = next(r for r in curves["reading"] if r["layer"] == reader.reading.layer)
+    assert row["accuracy"] == reader.scores["reading_accuracy"]
+    fig = plot_reader_curves(reader)
+    assert [t.name for t in fig.data if t.name] == [
+        "reading probe (end of read-out suffix)",
+        "control probe (last prompt token)",
+    ]
+    old = dataclasses.replace(
+        reader, scores={k: v for k, v in reader.scores.items() if k != "by_layer"}
+    )
+    with pytest.raises(ProbesError, match="no per-layer scores"):
+        plot_reader_curves(old)
