@@ -108,6 +108,7 @@ def _probe_attribute(
     from probes.cache.extraction import extract_dataset, extract_dataset_positions
     from probes.datasets import RenderSpec, load_dataset
     from probes.probing.layerwise import LayerwiseResult, fit_layerwise
+    from probes.readers.bundle import reading_suffix
     from probes.viz.export import save_figure
     from probes.viz.probing import plot_layerwise, plot_reading_vs_control
 
@@ -142,7 +143,7 @@ def _probe_attribute(
     save_figure(plot_layerwise(result), figures / f"probe_{dataset.attribute}")
     unit: dict[str, Any] = {"result": result.to_dict()}
     if with_reading:
-        suffix = f" I think the {dataset.attribute.replace('_', ' ')} of this user is"
+        suffix = reading_suffix(dataset.attribute)
         say(f"probes: reading probe for {name} at the suffix {suffix!r}")
         read = probe(dataset, position="suffix", suffix=suffix)
         save_figure(

@@ -20,7 +20,6 @@ from probes.pipeline.config import ProbeStageConfig, TransferStageConfig
 from probes.pipeline.messages import say
 from probes.pipeline.stage_cache import StageRunner
 
-READ_OUT_SUFFIX = " I think the {attribute} of this user is"
 # The behaviour attribute whose answer tailoring a probe dataset's reading should predict.
 BEHAVIOUR_OF = {"dialect_us_uk": "dialect", "proficiency": "proficiency", "belief": "belief"}
 # Chen, Arditi, Sleight, Evans and Lindsey (2025), "Persona vectors", arXiv:2507.21509: r between
@@ -75,6 +74,7 @@ def _stores(
     frame that read the same tokens ("last", "mean") share one forward pass."""
     from probes.cache.extraction import extract_dataset, extract_dataset_positions
     from probes.datasets import RenderSpec
+    from probes.readers.bundle import reading_suffix
 
     common: dict[str, Any] = {"layers": "all", "batch_size": pcfg.batch_size, "progress": False}
     out: dict[str, Any] = {}
@@ -86,7 +86,7 @@ def _stores(
             stores = extract_dataset_positions(model, dataset, shared, render_spec=spec, **common)
             out.update({f"{p}/{frame}": st for p, st in zip(shared, stores, strict=True)})
         if "suffix" in positions:
-            suffix = READ_OUT_SUFFIX.format(attribute=dataset.attribute.replace("_", " "))
+            suffix = reading_suffix(dataset.attribute)
             out[f"suffix/{frame}"] = extract_dataset(
                 model, dataset, position="suffix", suffix=suffix, render_spec=spec, **common
             )

@@ -4,13 +4,16 @@ attributes, reading vs control probes, and transfer."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import plotly.graph_objects as go
 
 from probes.errors import ProbesError
 from probes.probing.layerwise import LayerwiseResult
 from probes.viz.theme import PALETTE, rgba, themed
+
+if TYPE_CHECKING:
+    from probes.readers.bundle import Reader
 
 
 def _accuracy_trace(
@@ -137,7 +140,7 @@ def plot_reading_vs_control(reading: LayerwiseResult, control: LayerwiseResult) 
     )
 
 
-def plot_reader_curves(reader: Any) -> go.Figure:
+def plot_reader_curves(reader: Reader) -> go.Figure:
     """A dashboard reader's two probes by layer (from its bundle's scores): the reading probe
     at the end of the read-out suffix and the control at the last prompt token, in the chat
     frame the dashboard reads."""
