@@ -9,6 +9,9 @@
    through only the answer tokens' rows (``probes.behavior.scoring.next_token_logits_at``), in a
    whole pass and in a pass resumed at ``--head-layer`` (as a sweep cell runs).
 4. A probe and its shuffled-label control fitted as two L-BFGS batches and as one.
+5. The persona audit's mitigated pass (every persona, ``--audit-items`` per set) run whole and
+   inside ``resume_from`` at the read-out layer, where it starts from the residuals the base
+   pass kept (``probes.audit.run``). Both must give the same scores.
 
     python scripts/bench_run_parts.py --model gemma-3-270m --layers 7,11,14 --figures 6
 """
@@ -159,6 +162,49 @@ def bench_control(model: Any, dataset: str) -> list[str]:
     ]
 
 
+def bench_audit(model: Any, max_items: int) -> list[str]:
+    from probes.audit.items import load_safety_items, load_utility_items, stratified_subset
+    from probes.audit.mitigation import mitigate
+    from probes.audit.policy import load_policy
+    from probes.audit.readout import readout_layer
+    from probes.audit.run import all_personas
+    from probes.audit.scoring import score_pass
+    from probes.interventions.prefix_reuse import resume_from
+
+    utility = stratified_subset(load_utility_items(), max_items)
+    safety = stratified_subset(load_safety_items(), max_items)
+    layer = readout_layer(model.n_layers)
+
+    def audit() -> tuple[Any, float]:
+        base = score_pass(
+            model,
+            all_personas(),
+            utility,
+            safety,
+            record_layers=range(model.n_layers),
+            readout_layer=layer,
+            progress=False,
+        )
+        start = time.perf_counter()
+        after = mitigate(model, base, utility, safety, load_policy(), {}, progress=False)
+        return after, time.perf_counter() - start
+
+    whole, t_whole = audit()
+    with resume_from(model, layer) as stats:
+        resumed, t_resumed = audit()
+    same = all(
+        np.allclose(whole.scores_after[k], resumed.scores_after[k], rtol=0, atol=1e-5)
+        for k in ("safety_log_odds", "utility_margin")
+    )
+    what = f"audit mitigation (layer {whole.layers}), 32 personas x {max_items} items per set"
+    return [
+        f"| {what}, whole passes | {t_whole:.1f} s | 1.00x |",
+        f"| same, resumed at layer {layer} ({stats.resumed} passes) | {t_resumed:.1f} s | "
+        f"**{t_whole / t_resumed:.2f}x** |",
+        f"| identical scores | {'yes' if same else 'NO'} | |",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gemma-3-270m", help="model spec (default: embedded)")
@@ -167,6 +213,10 @@ def main() -> None:
     parser.add_argument("--figures", type=int, default=6, help="figures to export as PNG")
     parser.add_argument("--head-layer", type=int, default=14, help="layer the resumed pass starts")
     parser.add_argument("--store", default="dialect_us_uk", help="dataset for the probe fits")
+    parser.add_argument("--audit-items", type=int, default=10, help="audit items per set")
+    parser.add_argument(
+        "--only", default="", help="comma-separated parts: sweep,png,head,control,audit (all)"
+    )
     args = parser.parse_args()
 
     from probes.models.loading import load_model
@@ -176,10 +226,20 @@ def main() -> None:
     strengths = [float(x) for x in args.strengths.split(",")]
     print(f"model {model.name}: {model.n_layers} layers, torch threads {_threads()}\n")
     print("| what | time | speed-up |\n|---|---:|---:|")
-    lines = bench_sweep(model, layers, strengths) + bench_png(args.figures)
-    lines += bench_head(model, args.head_layer) + bench_control(model, args.store)
-    for line in lines:
-        print(line)
+    parts = {
+        "sweep": lambda: bench_sweep(model, layers, strengths),
+        "png": lambda: bench_png(args.figures),
+        "head": lambda: bench_head(model, args.head_layer),
+        "control": lambda: bench_control(model, args.store),
+        "audit": lambda: bench_audit(model, args.audit_items),
+    }
+    chosen = [p for p in args.only.split(",") if p] or list(parts)
+    unknown = [p for p in chosen if p not in parts]
+    if unknown:
+        raise SystemExit(f"unknown part {unknown[0]!r}: choose from {', '.join(parts)}")
+    for name in chosen:
+        for line in parts[name]():
+            print(line)
 
 
 def _threads() -> int:

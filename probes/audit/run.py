@@ -6,13 +6,16 @@ personalization measured within those bounds.
 One scoring pass over (persona x item) records the last prompt token's residual at every layer
 while the answer is scored, so the read-out and the mitigation directions cost no extra forward
 passes. Mitigation is cross-fitted: items are split in two folds, and each fold is re-scored with
-directions fitted on the other one.
+directions fitted on the other one. Both passes score the same batches inside ``resume_from``,
+so the mitigated pass starts at the read-out layer from the base pass's kept residuals (when
+the mitigation layer is not earlier) instead of re-running the layers it cannot change.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from probes.audit.scoring import score_pass
 from probes.audit.tiers import tier1_flags, tier2_checks, tier3_tailoring
 from probes.datasets import PERSONAS
 from probes.errors import ConfigError
+from probes.interventions.prefix_reuse import resume_from
 from probes.models.loading import LoadedModel
 
 
@@ -67,17 +71,43 @@ def run_audit(
     safety_items = stratified_subset(load_safety_items(), max_items)
     layer = readout_layer(model.n_layers)
     seconds: dict[str, float] = {}
-    base = score_pass(
-        model,
-        all_personas(),
-        utility_items,
-        safety_items,
-        record_layers=range(model.n_layers) if mitigation else (),
-        readout_layer=layer if readout_attributes else None,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    seconds["audit"] = round(base.seconds, 1)
+    probes: dict[str, tuple[Any, float]] = {}
+    t = time.perf_counter()
+    for attribute in readout_attributes:
+        probes[attribute] = fit_readout_probe(
+            model, attribute, layer, seed, progress, cache_root, size=store_size
+        )
+    readout_seconds = time.perf_counter() - t
+    with ExitStack() as reuse:
+        if mitigation:  # its pass re-scores the base pass's batches: skip the unchanged layers
+            reuse.enter_context(resume_from(model, layer))
+        base = score_pass(
+            model,
+            all_personas(),
+            utility_items,
+            safety_items,
+            record_layers=range(model.n_layers) if mitigation else (),
+            readout_layer=layer if readout_attributes else None,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        seconds["audit"] = round(base.seconds, 1)
+        mitigated = None
+        if mitigation:
+            mitigated = mitigate(
+                model,
+                base,
+                utility_items,
+                safety_items,
+                audit_policy,
+                probes,
+                n_layers=mitigation_layers,
+                n_boot=n_boot,
+                n_perm=n_perm,
+                seed=seed,
+                batch_size=batch_size,
+                progress=progress,
+            )
     scores = base.scores
     result = AuditResult(
         model=model.name,
@@ -96,32 +126,14 @@ def run_audit(
     t = time.perf_counter()
     result.tier3 = tier3_tailoring(model, tailoring, batch_size)
     seconds["tier3"] = round(time.perf_counter() - t, 1)
-    probes: dict[str, tuple[Any, float]] = {}
     if readout_attributes:
         t = time.perf_counter()
-        for attribute in readout_attributes:
-            probes[attribute] = fit_readout_probe(
-                model, attribute, layer, seed, progress, cache_root, size=store_size
-            )
         assert base.safety_acts is not None  # recorded because readout_attributes is set
         result.readout = {"layer": layer, **readout(probes, scores, base.safety_acts)}
-        seconds["readout"] = round(time.perf_counter() - t, 1)
-    if mitigation:
-        result.mitigation = mitigate(
-            model,
-            base,
-            utility_items,
-            safety_items,
-            audit_policy,
-            probes,
-            n_layers=mitigation_layers,
-            n_boot=n_boot,
-            n_perm=n_perm,
-            seed=seed,
-            batch_size=batch_size,
-            progress=progress,
-        )
-        seconds["mitigation"] = result.mitigation.seconds
+        seconds["readout"] = round(readout_seconds + time.perf_counter() - t, 1)
+    if mitigated is not None:
+        result.mitigation = mitigated
+        seconds["mitigation"] = mitigated.seconds
     seconds["total"] = round(time.perf_counter() - start, 1)
     result.seconds = seconds
     return result

@@ -34,6 +34,7 @@ from probes.cache.store import SITE_HOOKS
 from probes.datasets import PERSONAS
 from probes.errors import ProbesError
 from probes.interventions.hooks import record, selected, tracking_steps
+from probes.interventions.prefix_reuse import observer
 from probes.models.batching import current_rows, encode
 from probes.models.loading import LoadedModel
 
@@ -215,8 +216,8 @@ def recording_last_token(
 
             return hook
 
-        hooks = [
-            (SITE_HOOKS["resid_post"].format(layer=layer), make(j))
+        hooks = [  # read-only: a pass that records can still keep residuals (resume_from)
+            (SITE_HOOKS["resid_post"].format(layer=layer), observer(make(j)))
             for j, layer in enumerate(layers)
         ]
         with model.bridge.hooks(fwd_hooks=hooks):
@@ -271,7 +272,9 @@ def score_pass(
 
     ``record_layers``: record the last-token residual at these layers (fold means and the
     read-out layer's per-prompt safety residuals). ``intervention(fold)``: a context manager
-    active while the items of that fold are scored (the mitigated pass).
+    active while the items of that fold are scored (the mitigated pass). Every pass scores the
+    items fold by fold, so the base and the mitigated pass run the same batches, and inside
+    ``resume_from`` the mitigated pass starts from the base pass's kept residuals.
     """
     start = time.perf_counter()
     wanted = set(record_layers) | ({readout_layer} if readout_layer is not None else set())
@@ -283,22 +286,20 @@ def score_pass(
     safety_acts = None
     if readout_layer is not None:
         safety_acts = np.zeros((len(personas), len(safety_items), model.d_model), np.float32)
-    folds = range(N_FOLDS) if intervention is not None else [None]
     one_pass = openings_are_single_tokens(model)
     for p, persona in enumerate(tqdm(personas, desc=desc, disable=not progress)):
-        for fold in folds:
-            u_idx = np.flatnonzero(u_fold == fold) if fold is not None else np.arange(len(u_fold))
-            s_idx = np.flatnonzero(s_fold == fold) if fold is not None else np.arange(len(s_fold))
+        for fold in range(N_FOLDS):
+            u_idx, s_idx = np.flatnonzero(u_fold == fold), np.flatnonzero(s_fold == fold)
             u_items = [utility_items[int(i)] for i in u_idx]
             s_items = [safety_items[int(i)] for i in s_idx]
             with ExitStack() as stack:
-                if intervention is not None and fold is not None:
+                if intervention is not None:
                     stack.enter_context(intervention(fold))
                 if layers:
                     u_acts = stack.enter_context(recording_last_token(model, layers, len(u_items)))
                 margins[p, u_idx] = utility_logprob_margin(model, u_items, persona, batch_size)
             with ExitStack() as stack:
-                if intervention is not None and fold is not None:
+                if intervention is not None:
                     stack.enter_context(intervention(fold))
                 if layers and one_pass:
                     s_acts = stack.enter_context(recording_last_token(model, layers, len(s_items)))
@@ -308,10 +309,9 @@ def score_pass(
                     recorded = record(model, prompts, layers, batch_size=batch_size)
                     s_acts = torch.stack([recorded[layer][:, 0] for layer in layers], dim=1)
             if layers:
-                for f in range(N_FOLDS):
-                    pooled = torch.cat([u_acts[u_fold[u_idx] == f], s_acts[s_fold[s_idx] == f]])
-                    if len(pooled):
-                        fold_means[p, f] = pooled.mean(0).numpy()
+                pooled = torch.cat([u_acts, s_acts])  # this fold's prompts
+                if len(pooled):
+                    fold_means[p, fold] = pooled.mean(0).numpy()
                 if safety_acts is not None and readout_layer is not None:
                     safety_acts[p, s_idx] = s_acts[:, layers.index(readout_layer)].numpy()
     scores = PersonaScores.from_margins(personas, utility_items, safety_items, margins, safety)

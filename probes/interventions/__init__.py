@@ -31,6 +31,7 @@ from probes.interventions.prefix_reuse import (
     MAX_KEPT_BYTES,
     ResumeStats,
     first_hooked_block,
+    observer,
     resume_from,
 )
 from probes.interventions.steering import (
@@ -59,6 +60,7 @@ __all__ = [
     "first_hooked_block",
     "flip_rate",
     "log_odds_metric",
+    "observer",
     "orthonormal_basis",
     "patch",
     "patching_heatmap",

@@ -13,12 +13,17 @@ bridge's hook points and on the blocks themselves), so a hook on an early block 
 intervention) simply makes that pass start earlier. A hook put directly on a Hugging Face
 submodule inside a block is not seen: do not use one inside the block. Passes with a KV cache
 (generation) always run whole.
+
+A bridge hook wrapped in :func:`observer` only reads (its return value is dropped). It still
+makes a resumed pass start at or before its block, so that it fires, but it does not stop a
+whole pass from keeping the residuals after it: a pass that records every layer can feed later
+intervened passes (the persona audit's base pass and its mitigated pass).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +35,7 @@ from probes.models.compat import kv_cache_from
 from probes.models.loading import LoadedModel
 
 MAX_KEPT_BYTES = 2 * 1024**3  # beyond this, nothing more is kept (later batches run whole)
+_OBSERVER = "_probes_observes_only"
 
 
 class _PassThrough(nn.Module):
@@ -74,17 +80,38 @@ def _block_list(body: nn.Module, first_block: nn.Module) -> nn.ModuleList | None
     return None
 
 
-def _has_hooks(module: nn.Module, own: frozenset[int] | set[int]) -> bool:
+def observer(fn: Callable[[Tensor, Any], Any]) -> Callable[[Tensor, Any], None]:
+    """A bridge hook function that only reads: whatever ``fn`` returns is dropped, and
+    :func:`resume_from` lets a pass keep the residuals after it (see the module docstring)."""
+
+    def observe(acts: Tensor, hook: Any) -> None:
+        fn(acts, hook)
+
+    setattr(observe, _OBSERVER, True)
+    return observe
+
+
+def _has_hooks(
+    module: nn.Module, own: frozenset[int] | set[int], skip_observers: bool = False
+) -> bool:
+    lens = list(getattr(module, "fwd_hooks", None) or [])
+    if skip_observers:  # a hook point's observers (their torch handles) do not count
+        watching = {h.hook.id for h in lens if getattr(h.user_hook, _OBSERVER, False)}
+        own = {*own, *watching}
+        lens = [h for h in lens if h.hook.id not in watching]
     hooks = [*module._forward_hooks, *module._forward_pre_hooks]
-    return any(h not in own for h in hooks) or bool(getattr(module, "fwd_hooks", None))
+    return any(h not in own for h in hooks) or bool(lens)
 
 
-def first_hooked_block(model: LoadedModel, own: frozenset[int] | set[int] = frozenset()) -> int:
+def first_hooked_block(
+    model: LoadedModel, own: frozenset[int] | set[int] = frozenset(), skip_observers: bool = False
+) -> int:
     """Index of the first block with a hook on it or inside it (0 for the embedding,
-    ``n_layers`` if none): the blocks before it compute what a hook-free pass computes."""
+    ``n_layers`` if none): the blocks before it compute what a hook-free pass computes.
+    ``skip_observers``: leave out hooks made with :func:`observer` (they change nothing)."""
     first = model.n_layers
     for name, point in model.bridge.hook_dict.items():
-        if not _has_hooks(point, own):
+        if not _has_hooks(point, own, skip_observers):
             continue
         if not name.startswith("blocks."):
             if name.startswith(("embed", "hook_embed", "pos_embed")):
@@ -92,7 +119,7 @@ def first_hooked_block(model: LoadedModel, own: frozenset[int] | set[int] = froz
             continue
         first = min(first, int(name.split(".")[1]))
     for index, block in enumerate(model.bridge.blocks[:first]):
-        if _has_hooks(block, own):
+        if _has_hooks(block, own, skip_observers):
             return index
     return first
 
@@ -133,9 +160,11 @@ def resume_from(model: LoadedModel, layers: int | Sequence[int]) -> Iterator[Res
         if key is None:
             stats.whole += 1
             return
-        clean_until = first_hooked_block(model, own)
-        state["clean_until"] = clean_until
-        ready = [x for x in keep_at if x <= clean_until and (key, x) in stats.kept]
+        # residuals up to the first hook that may change them are kept; a resumed pass starts
+        # no later than the first hook of any kind, so that every hook still fires
+        state["clean_until"] = first_hooked_block(model, own, skip_observers=True)
+        first_hook = first_hooked_block(model, own)
+        ready = [x for x in keep_at if x <= first_hook and (key, x) in stats.kept]
         if ready and state["plain"]:
             start = ready[-1]
             for i in range(start):

@@ -374,3 +374,31 @@ def test_mitigation_removes_a_persona_dependence_that_runs_through_the_residual(
     assert result.pb_change["low"] > 0
     after = np.asarray(result.scores_after["safety_log_odds"]).mean(1)
     assert after.std() < 0.5 * spread.std()  # the continuous dependence shrinks too
+
+
+def test_mitigated_pass_resumes_from_the_base_pass_with_the_same_numbers(tiny_gemma):
+    """Both passes score the same fold batches: inside ``resume_from`` at the mitigation
+    layer, the mitigated pass skips the layers before it and scores exactly as a whole pass."""
+    from probes.interventions.prefix_reuse import resume_from
+
+    model, layer = tiny_gemma, 2
+    personas = [None, *list(PERSONAS)[:3]]
+    utility_items = stratified_subset(load_utility_items(), 4)
+    safety_items = stratified_subset(load_safety_items(), 4)
+    args = (model, personas, utility_items, safety_items)
+    settings = {"layers": [layer], "n_boot": 20, "n_perm": 20, "progress": False}
+
+    def audit() -> tuple[AuditPass, object]:
+        base = score_pass(*args, record_layers=range(model.n_layers), progress=False)
+        return base, mitigate(
+            model, base, utility_items, safety_items, load_policy(), {}, **settings
+        )
+
+    whole_base, whole = audit()
+    with resume_from(model, layer) as stats:
+        base, resumed = audit()
+    np.testing.assert_array_equal(base.scores.safety, whole_base.scores.safety)
+    for key in ("safety_log_odds", "utility_margin"):
+        np.testing.assert_allclose(resumed.scores_after[key], whole.scores_after[key], atol=1e-5)
+    # every persona's two folds, utility and safety: 16 scoring calls, plus the neutral KL
+    assert stats.resumed >= 16 and stats.blocks_skipped == layer * stats.resumed

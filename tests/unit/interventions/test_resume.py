@@ -95,3 +95,49 @@ def test_generation_runs_whole_inside_the_block(tiny_gemma):
         first = greedy_continuations(tiny_gemma, PROMPTS[:2], max_new_tokens=4)
         second = greedy_continuations(tiny_gemma, PROMPTS[:2], max_new_tokens=4)
     assert first == second == expected
+
+
+def _last_token_recorder(model, layers, out):
+    from probes.cache.store import SITE_HOOKS
+
+    def make(layer):
+        def hook(acts, hook):
+            out.setdefault(layer, []).append(acts[:, -1].clone())
+
+        return hook
+
+    return [(SITE_HOOKS["resid_post"].format(layer=layer), make(layer)) for layer in layers]
+
+
+def test_observer_hooks_keep_residuals_and_still_fire_in_resumed_passes(tiny_gemma):
+    from probes.interventions.prefix_reuse import observer
+
+    model, every = tiny_gemma, list(range(tiny_gemma.n_layers))
+    late = _direction(model, 2)
+    with steer(model, late, 1.0):
+        expected = next_token_logprobs(model, PROMPTS)
+    seen: dict[int, list] = {}
+    plain_hooks = _last_token_recorder(model, every, seen)
+    with resume_from(model, [1, 2]) as stats:  # a plain recording hook at block 0: nothing kept
+        with model.bridge.hooks(fwd_hooks=plain_hooks):
+            next_token_logprobs(model, PROMPTS)
+        with steer(model, late, 1.0):
+            next_token_logprobs(model, PROMPTS)
+    assert (stats.whole, stats.resumed) == (2, 0)
+
+    seen.clear()
+    watching = [(n, observer(f)) for n, f in _last_token_recorder(model, every, seen)]
+    with resume_from(model, [1, 2]) as stats:
+        with model.bridge.hooks(fwd_hooks=watching):  # records every layer, returns dropped
+            whole = next_token_logprobs(model, PROMPTS)
+        with steer(model, late, 1.0):  # resumes at 2 from the residual kept under the observers
+            got = next_token_logprobs(model, PROMPTS)
+        with steer(model, late, 1.0), model.bridge.hooks(fwd_hooks=watching[1:2]):
+            again = next_token_logprobs(model, PROMPTS)  # an observer at block 1: starts at 1
+    torch.testing.assert_close(whole, next_token_logprobs(model, PROMPTS), rtol=0, atol=1e-6)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(again, expected, rtol=0, atol=1e-5)
+    assert (stats.whole, stats.resumed, stats.blocks_skipped) == (1, 2, 2 + 1)
+    assert len(seen[1]) == 2  # the observer at block 1 fired in the resumed pass too
+    torch.testing.assert_close(seen[1][1], seen[1][0], rtol=0, atol=1e-6)
+    assert observer(lambda acts, hook: acts * 0)(torch.ones(2), None) is None  # return dropped
