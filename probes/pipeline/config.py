@@ -83,14 +83,18 @@ class InterventionStageConfig:
 
     attribute: str = "dialect"
     method: str = "mean_diff"
-    layers: str = "auto"  # "auto": layers at 40%, 60%, 80% of the depth; or "3,6,9", "2-10"
+    # "auto-small": 60% and 80% of the depth (11 and 14 of 18); "auto" adds 40% (7, where the
+    # dialect direction breaks the model before it steers: `probes steer` sweeps it); "3,6,9"
+    layers: str = "auto-small"
     strengths: tuple[float, ...] = (-0.2, -0.1, 0.1, 0.2)
     kl_max: float = 0.5
     patch_layers: str = "auto"  # "auto": every 3rd layer and the last (fractions of depth); "all"
     erase_layer: str = "auto"  # "auto": the steering layer with the best in-bounds flip rate
     erase_band: int = 4
     erase_test_rows: int | None = None  # fresh-probe rows after erasure (None: all held-out rows)
-    damage_and_samples: bool = True  # perplexity and greedy samples under the chosen steering
+    # perplexity of neutral text and greedy samples under the chosen steering (`probes steer`
+    # reports both; off in the run, which measures damage as KL in every cell, for its budget)
+    damage_and_samples: bool = False
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ def test_defaults_and_quick():
     quick = load_config(quick=True)
     assert quick.probes.size == QUICK_OVERRIDES["size"]
     assert config.audit.mitigation and not quick.audit.mitigation  # quick skips the 2nd pass
-    assert config.interventions.damage_and_samples and not quick.interventions.damage_and_samples
+    # the run measures damage as KL in every sweep cell; `probes steer` adds perplexity/samples
+    assert not config.interventions.damage_and_samples and config.interventions.layers == "auto-small"
     assert "transfer" in config.stages and config.transfer.positions == ("last", "mean")
     assert quick.transfer.conversation_size < config.transfer.conversation_size
 
