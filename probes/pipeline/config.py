@@ -112,7 +112,7 @@ class MediationStageConfig:
 class AuditStageConfig:
     """The persona audit and its three-tier report."""
 
-    max_items: int | None = 20  # per item set, category-balanced; None: all 159 + 80 items
+    max_items: int | None = 16  # per item set, category-balanced; None: all 159 + 80 items
     policy: str | None = None  # a TOML policy file (tier 2)
     mitigation: bool = True  # re-run the audit with the persona directions ablated (2x cost)
     n_boot: int = 1000
