@@ -184,6 +184,7 @@ def bench_audit(model: Any, max_items: int) -> list[str]:
             record_layers=range(model.n_layers),
             readout_layer=layer,
             progress=False,
+            by_fold=True,
         )
         start = time.perf_counter()
         after = mitigate(model, base, utility, safety, load_policy(), {}, progress=False)

@@ -90,6 +90,7 @@ def run_audit(
             readout_layer=layer if readout_attributes else None,
             batch_size=batch_size,
             progress=progress,
+            by_fold=mitigation,  # the mitigated pass's batches, so that it can resume
         )
         seconds["audit"] = round(base.seconds, 1)
         mitigated = None

@@ -267,14 +267,16 @@ def score_pass(
     batch_size: int = 32,
     progress: bool = True,
     desc: str = "persona audit",
+    by_fold: bool | None = None,
 ) -> AuditPass:
     """Utility margins and safety scores of every persona on the same items.
 
     ``record_layers``: record the last-token residual at these layers (fold means and the
     read-out layer's per-prompt safety residuals). ``intervention(fold)``: a context manager
-    active while the items of that fold are scored (the mitigated pass). Every pass scores the
-    items fold by fold, so the base and the mitigated pass run the same batches, and inside
-    ``resume_from`` the mitigated pass starts from the base pass's kept residuals.
+    active while the items of that fold are scored (the mitigated pass). ``by_fold`` (default:
+    with an intervention) scores the items fold by fold: a base pass that does so runs the
+    mitigated pass's batches, so that inside ``resume_from`` the mitigated pass starts from the
+    base pass's kept residuals. Without it, each persona's items are scored in one call.
     """
     start = time.perf_counter()
     wanted = set(record_layers) | ({readout_layer} if readout_layer is not None else set())
@@ -287,19 +289,24 @@ def score_pass(
     if readout_layer is not None:
         safety_acts = np.zeros((len(personas), len(safety_items), model.d_model), np.float32)
     one_pass = openings_are_single_tokens(model)
+    split = intervention is not None if by_fold is None else by_fold
+    if intervention is not None and not split:
+        raise ProbesError("an intervention is fitted per item fold: score_pass needs by_fold")
+    folds: list[int | None] = list(range(N_FOLDS)) if split else [None]
     for p, persona in enumerate(tqdm(personas, desc=desc, disable=not progress)):
-        for fold in range(N_FOLDS):
-            u_idx, s_idx = np.flatnonzero(u_fold == fold), np.flatnonzero(s_fold == fold)
+        for fold in folds:
+            u_idx = np.flatnonzero(u_fold == fold) if fold is not None else np.arange(len(u_fold))
+            s_idx = np.flatnonzero(s_fold == fold) if fold is not None else np.arange(len(s_fold))
             u_items = [utility_items[int(i)] for i in u_idx]
             s_items = [safety_items[int(i)] for i in s_idx]
             with ExitStack() as stack:
-                if intervention is not None:
+                if intervention is not None and fold is not None:
                     stack.enter_context(intervention(fold))
                 if layers:
                     u_acts = stack.enter_context(recording_last_token(model, layers, len(u_items)))
                 margins[p, u_idx] = utility_logprob_margin(model, u_items, persona, batch_size)
             with ExitStack() as stack:
-                if intervention is not None:
+                if intervention is not None and fold is not None:
                     stack.enter_context(intervention(fold))
                 if layers and one_pass:
                     s_acts = stack.enter_context(recording_last_token(model, layers, len(s_items)))
@@ -309,9 +316,10 @@ def score_pass(
                     recorded = record(model, prompts, layers, batch_size=batch_size)
                     s_acts = torch.stack([recorded[layer][:, 0] for layer in layers], dim=1)
             if layers:
-                pooled = torch.cat([u_acts, s_acts])  # this fold's prompts
-                if len(pooled):
-                    fold_means[p, fold] = pooled.mean(0).numpy()
+                for f in range(N_FOLDS) if fold is None else [fold]:
+                    pooled = torch.cat([u_acts[u_fold[u_idx] == f], s_acts[s_fold[s_idx] == f]])
+                    if len(pooled):
+                        fold_means[p, f] = pooled.mean(0).numpy()
                 if safety_acts is not None and readout_layer is not None:
                     safety_acts[p, s_idx] = s_acts[:, layers.index(readout_layer)].numpy()
     scores = PersonaScores.from_margins(personas, utility_items, safety_items, margins, safety)

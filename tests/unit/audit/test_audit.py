@@ -389,7 +389,7 @@ def test_mitigated_pass_resumes_from_the_base_pass_with_the_same_numbers(tiny_ge
     settings = {"layers": [layer], "n_boot": 20, "n_perm": 20, "progress": False}
 
     def audit() -> tuple[AuditPass, object]:
-        base = score_pass(*args, record_layers=range(model.n_layers), progress=False)
+        base = score_pass(*args, record_layers=range(model.n_layers), progress=False, by_fold=True)
         return base, mitigate(
             model, base, utility_items, safety_items, load_policy(), {}, **settings
         )
@@ -398,6 +398,10 @@ def test_mitigated_pass_resumes_from_the_base_pass_with_the_same_numbers(tiny_ge
     with resume_from(model, layer) as stats:
         base, resumed = audit()
     np.testing.assert_array_equal(base.scores.safety, whole_base.scores.safety)
+    # scored per persona in one call (the default without an intervention): the same pass
+    plain = score_pass(*args, record_layers=range(model.n_layers), progress=False)
+    np.testing.assert_allclose(plain.scores.safety, base.scores.safety, atol=1e-5)
+    np.testing.assert_allclose(plain.fold_means, base.fold_means, rtol=1e-5, atol=1e-4)
     for key in ("safety_log_odds", "utility_margin"):
         np.testing.assert_allclose(resumed.scores_after[key], whole.scores_after[key], atol=1e-5)
     # every persona's two folds, utility and safety: 16 scoring calls, plus the neutral KL
