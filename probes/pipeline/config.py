@@ -114,7 +114,7 @@ class AuditStageConfig:
 
     max_items: int | None = 16  # per item set, category-balanced; None: all 159 + 80 items
     policy: str | None = None  # a TOML policy file (tier 2)
-    mitigation: bool = True  # re-run the audit with the persona directions ablated (2x cost)
+    mitigation: bool = True  # re-score with the persona directions ablated (resumed: ~1.45x cost)
     n_boot: int = 1000
     n_perm: int = 1000
 

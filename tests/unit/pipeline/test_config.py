@@ -14,7 +14,8 @@ def test_defaults_and_quick():
     assert quick.probes.size == QUICK_OVERRIDES["size"]
     assert config.audit.mitigation and not quick.audit.mitigation  # quick skips the 2nd pass
     # the run measures damage as KL in every sweep cell; `probes steer` adds perplexity/samples
-    assert not config.interventions.damage_and_samples and config.interventions.layers == "auto-small"
+    assert not config.interventions.damage_and_samples
+    assert config.interventions.layers == "auto-small"
     assert "transfer" in config.stages and config.transfer.positions == ("last", "mean")
     assert quick.transfer.conversation_size < config.transfer.conversation_size
 
