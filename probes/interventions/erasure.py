@@ -66,9 +66,11 @@ def probe_after_erasure(
         {k: store.table[i].get(k) for k in ("label", "group", "pair_id", "attribute", "text")}
         for i in test_rows
     ]
-    erased_acts = np.stack([acts[layer_][:, 0].numpy() for layer_ in layers], axis=1)
+    erased_acts = np.stack([acts[layer_][:, 0].float().numpy() for layer_ in layers], axis=1)
     index = torch.as_tensor(test_rows)
-    original_acts = np.stack([store.get(layer_)[index].numpy() for layer_ in layers], axis=1)
+    original_acts = np.stack(
+        [store.get(layer_)[index].float().numpy() for layer_ in layers], axis=1
+    )
     fits = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, values in (("before", original_acts), ("after", erased_acts)):
