@@ -28,6 +28,20 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def native_bf16_cpu() -> bool:
+    """Does this CPU multiply bfloat16 in hardware (AVX512-BF16 or AMX)? Elsewhere torch
+    emulates it, several times slower than float32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def quick_dtype(device: torch.device) -> str | None:
+    """``--quick``'s model dtype: bfloat16 on a CPU that multiplies it natively (about 1.8x
+    faster than float32 on this project's machine, with the same findings), else None (the
+    device's default: bfloat16 on CUDA already, float32 on other CPUs)."""
+    return "bfloat16" if device.type == "cpu" and native_bf16_cpu() else None
+
+
 def default_store_dtype(model_dtype: torch.dtype) -> str:
     """Stores keep a half-precision model's own dtype (half the bytes of float32)."""
     if model_dtype == torch.bfloat16:

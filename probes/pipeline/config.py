@@ -1,7 +1,8 @@
 """The `probes run` configuration: TOML in, a validated frozen dataclass out.
 
 Every key is optional; unknown keys and wrong types are one-line ConfigErrors. ``--quick``
-shrinks the sizes for a first look.
+shrinks the sizes for a first look, and runs the model in bfloat16 on a CPU that multiplies
+it natively (``probes.models.devices.quick_dtype``).
 """
 
 from __future__ import annotations
@@ -263,6 +264,11 @@ def load_config(
             )
     config = RunConfig(**top, probes=probes, **sections)
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if quick and config.dtype is None:  # neither the config nor --dtype chose one
+        from probes.models.devices import quick_dtype
+        from probes.models.loading import resolve_device
+
+        config = replace(config, dtype=quick_dtype(resolve_device(config.device)))
     _validate(config)
     if "folds" in probe_values:
         _check_folds(config.probes)

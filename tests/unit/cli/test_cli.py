@@ -87,6 +87,24 @@ def test_run_on_tiny_model_writes_results_and_figures(tmp_path, capsys, monkeypa
         assert title in report
 
 
+def test_quick_run_says_it_chose_bfloat16_and_runs_in_it(tmp_path, capsys, monkeypatch):
+    from probes.models import devices
+
+    monkeypatch.setenv("PROBES_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(devices, "native_bf16_cpu", lambda: True)
+    config = tmp_path / "run.toml"
+    config.write_text('stages = ["first_look"]\n')
+    args = ["run", "--model", "tiny-gemma3", "--device", "cpu", "--quick", "--config", str(config)]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["model"]["dtype"] == "bfloat16" and results["config"]["dtype"] == "bfloat16"
+    assert "--quick runs the model in bfloat16" in capsys.readouterr().err
+    assert main([*args, "--dtype", "float32", "--out", str(tmp_path / "run32")]) == 0
+    results = json.loads((tmp_path / "run32" / "results.json").read_text())
+    assert results["model"]["dtype"] == "float32"
+    assert "bfloat16" not in capsys.readouterr().err
+
+
 def test_run_builds_typed_options(monkeypatch):
     from probes.pipeline import run as run_module
 

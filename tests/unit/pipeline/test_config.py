@@ -20,6 +20,31 @@ def test_defaults_and_quick():
     assert quick.transfer.conversation_size < config.transfer.conversation_size
 
 
+def test_quick_runs_in_bfloat16_only_where_the_cpu_multiplies_it_natively(tmp_path, monkeypatch):
+    from probes.models import devices
+
+    monkeypatch.setattr(devices, "native_bf16_cpu", lambda: True)
+    assert load_config(quick=True, device="cpu").dtype == "bfloat16"
+    assert load_config(device="cpu").dtype is None  # the full run keeps float32 on a CPU
+    assert load_config(quick=True, device="cpu", dtype="float32").dtype == "float32"
+    path = tmp_path / "run.toml"
+    path.write_text('dtype = "float16"\n')
+    assert load_config(path, quick=True, device="cpu").dtype == "float16"  # the file's wins
+    monkeypatch.setattr(devices, "native_bf16_cpu", lambda: False)  # emulated: slower, keep fp32
+    assert load_config(quick=True, device="cpu").dtype is None
+
+
+def test_native_bf16_detection_agrees_with_torch():
+    import torch
+
+    from probes.models.devices import native_bf16_cpu, quick_dtype
+
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert native_bf16_cpu() == native
+    assert quick_dtype(torch.device("cpu")) == ("bfloat16" if native else None)
+    assert quick_dtype(torch.device("cuda")) is None  # CUDA's default is bfloat16 already
+
+
 def test_a_config_value_wins_over_quick(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('[probes]\nsize = 300\nreading_attribute = "dialect_us_uk"\n')
