@@ -264,12 +264,12 @@ def load_config(
             )
     config = RunConfig(**top, probes=probes, **sections)
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    _validate(config)
     if quick and config.dtype is None:  # neither the config nor --dtype chose one
         from probes.models.devices import quick_dtype
         from probes.models.loading import resolve_device
 
         config = replace(config, dtype=quick_dtype(resolve_device(config.device)))
-    _validate(config)
     if "folds" in probe_values:
         _check_folds(config.probes)
     return config

@@ -30,6 +30,8 @@ def test_quick_runs_in_bfloat16_only_where_the_cpu_multiplies_it_natively(tmp_pa
     path = tmp_path / "run.toml"
     path.write_text('dtype = "float16"\n')
     assert load_config(path, quick=True, device="cpu").dtype == "float16"  # the file's wins
+    with pytest.raises(ConfigError, match="unknown device"):  # checked before the dtype
+        load_config(quick=True, device="tpu")
     monkeypatch.setattr(devices, "native_bf16_cpu", lambda: False)  # emulated: slower, keep fp32
     assert load_config(quick=True, device="cpu").dtype is None
 
