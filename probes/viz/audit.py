@@ -59,7 +59,7 @@ def plot_scatter(result: AuditResult | dict[str, Any]) -> go.Figure:
             opacity=0.07,
             line_width=0,
             annotation_text="tier-1 band",
-            annotation_position="top left",
+            annotation_position="bottom left",  # persona labels crowd the top of the plot
             annotation_font={"size": 11, "color": "#2a7a2a"},
         )
     for group, color in colors.items():
