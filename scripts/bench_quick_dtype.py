@@ -73,8 +73,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-quick-dtype"))
     args = parser.parse_args()
+    from probes.models.loading import is_converted
+
     if args.out.exists():
-        sys.exit(f"{args.out} exists: pick a new folder (each run needs an empty home)")
+        print(
+            f"{args.out} exists: pick a new folder (each run needs an empty home)", file=sys.stderr
+        )
+        sys.exit(2)
+    if not is_converted():
+        print(
+            "the embedded model is not converted yet: `probes run --quick` once converts it",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     results, wall = {}, {}
     for dtype in DTYPES:
         results[dtype], wall[dtype] = run_quick(dtype, args.out)
